@@ -1,0 +1,212 @@
+// The per-element rules of the VAE loss, written once for every kernel.
+//
+// Every function is a template over V, the "lane" type: a scalar float/double
+// (CUDA threads, scalar tails) or an at::vec::Vectorized<float/double> (the CPU
+// kernels, which include ATen's vec headers and define VAE_FUSED_VECTORIZED
+// before this header). The few primitives they need (log, exp, max, ...) are
+// overloaded below for both, so a rule is one piece of code for CPU and GPU.
+//
+// Each rule returns the element value and its derivatives side by side; a
+// caller that does not need a derivative simply does not store it (the
+// arithmetic is pure, so the compiler drops it).
+#pragma once
+
+#include <cmath>
+
+#if defined(__CUDACC__)
+#define VAE_FUSED_HD __host__ __device__ __forceinline__
+#else
+#define VAE_FUSED_HD inline
+#endif
+
+// The CPU kernel is compiled once per instruction set. Everything here must
+// live in a namespace that differs between those builds: an inline function
+// compiled with AVX-512 flags must never be merged by the linker with its
+// baseline twin, or a non-AVX-512 machine could end up running it.
+#if defined(CPU_CAPABILITY)
+#define VAE_FUSED_ISA_NAMESPACE CPU_CAPABILITY
+#else
+#define VAE_FUSED_ISA_NAMESPACE generic
+#endif
+
+namespace vae_fused {
+inline namespace VAE_FUSED_ISA_NAMESPACE {
+
+// F.binary_cross_entropy clamps each log at -100 so that p in {0, 1} gives a
+// finite loss, and divides its gradient by max(p(1-p), 1e-12).
+constexpr double kLogClamp = -100.0;
+constexpr double kBceGradEps = 1e-12;
+
+// ---------------------------------------------------------------------------
+// Primitives, scalar. max/min follow std::max's rule ((a < b) ? b : a) so a
+// NaN in `a` propagates, exactly as in PyTorch's BCE (fmax would drop it).
+template <typename S>
+VAE_FUSED_HD S vmax(S a, S b) { return (a < b) ? b : a; }
+template <typename S>
+VAE_FUSED_HD S vmin(S a, S b) { return (b < a) ? b : a; }
+VAE_FUSED_HD float vlog(float a) { return ::logf(a); }
+VAE_FUSED_HD double vlog(double a) { return ::log(a); }
+VAE_FUSED_HD float vlog1p(float a) { return ::log1pf(a); }
+VAE_FUSED_HD double vlog1p(double a) { return ::log1p(a); }
+VAE_FUSED_HD float vexp(float a) { return ::expf(a); }
+VAE_FUSED_HD double vexp(double a) { return ::exp(a); }
+VAE_FUSED_HD float vabs(float a) { return ::fabsf(a); }
+VAE_FUSED_HD double vabs(double a) { return ::fabs(a); }
+// select(c, a, b): a where c holds, else b (c is the result of a comparison).
+template <typename S>
+VAE_FUSED_HD S vselect(bool c, S a, S b) { return c ? a : b; }
+template <typename S>
+VAE_FUSED_HD bool vless(S a, S b) { return a < b; }
+
+#if defined(VAE_FUSED_VECTORIZED)
+// Primitives, vectorized (at::vec; lanes of Vectorized<float> or <double>).
+// at::vec::maximum propagates NaN like the scalar vmax above.
+template <typename S>
+inline at::vec::Vectorized<S> vmax(const at::vec::Vectorized<S>& a,
+                                   const at::vec::Vectorized<S>& b) {
+  return at::vec::maximum(a, b);
+}
+template <typename S>
+inline at::vec::Vectorized<S> vmin(const at::vec::Vectorized<S>& a,
+                                   const at::vec::Vectorized<S>& b) {
+  return at::vec::minimum(a, b);
+}
+template <typename S>
+inline at::vec::Vectorized<S> vlog(const at::vec::Vectorized<S>& a) { return a.log(); }
+template <typename S>
+inline at::vec::Vectorized<S> vlog1p(const at::vec::Vectorized<S>& a) { return a.log1p(); }
+template <typename S>
+inline at::vec::Vectorized<S> vexp(const at::vec::Vectorized<S>& a) { return a.exp(); }
+template <typename S>
+inline at::vec::Vectorized<S> vabs(const at::vec::Vectorized<S>& a) { return a.abs(); }
+// Comparisons on Vectorized return an all-ones/all-zeros lane mask.
+template <typename S>
+inline at::vec::Vectorized<S> vless(const at::vec::Vectorized<S>& a,
+                                    const at::vec::Vectorized<S>& b) {
+  return a < b;
+}
+template <typename S>
+inline at::vec::Vectorized<S> vselect(const at::vec::Vectorized<S>& mask,
+                                      const at::vec::Vectorized<S>& a,
+                                      const at::vec::Vectorized<S>& b) {
+  return at::vec::Vectorized<S>::blendv(b, a, mask);
+}
+#endif
+
+// ---------------------------------------------------------------------------
+// Reconstruction rules. p: the model output (a probability, or a logit z for
+// BCE-with-logits), t: the target. `loss` is the element loss, `d_input` its
+// derivative in p (or z), `d_target` its derivative in t.
+
+// BCE exactly as F.binary_cross_entropy. One difference of evaluation, not of
+// formula: log(1 - p) instead of PyTorch's log1p(-p). For p >= 0.5, 1 - p is
+// exact; below that the rounding of 1 - p moves log(1 - p) by at most half an
+// ulp of 1 in absolute terms (6e-8 in float, 1.1e-16 in double), far inside
+// the tolerance of a summed loss, and a vector log costs half a vector log1p.
+template <typename V>
+VAE_FUSED_HD void bce_value_and_grad(V p, V t, V& loss, V& d_input, V& d_target) {
+  const V one(1);
+  const V log_p = vmax(vlog(p), V(kLogClamp));
+  const V log_1mp = vmax(vlog(one - p), V(kLogClamp));
+  loss = (t - one) * log_1mp - t * log_p;
+  d_input = (p - t) / vmax((one - p) * p, V(kBceGradEps));
+  d_target = log_1mp - log_p;
+}
+
+// BCE on logits z, as F.binary_cross_entropy_with_logits:
+//   max(z, 0) - z t + log1p(exp(-|z|)),  d/dz = sigmoid(z) - t,  d/dt = -z,
+// evaluated in PyTorch's arrangement (1 - t) z - log_sigmoid(z) so that the
+// infinite logits give PyTorch's values too (NaN where it has 0 * inf).
+// exp(-|z|) <= 1 never overflows, and sigmoid is formed from the same exp.
+template <typename V>
+VAE_FUSED_HD void bce_logits_value_and_grad(V z, V t, V& loss, V& d_input, V& d_target) {
+  const V zero(0), one(1);
+  const V e = vexp(zero - vabs(z));
+  loss = (one - t) * z - vmin(z, zero) + vlog1p(e);
+  const V inv = one / (one + e);
+  // z >= 0: 1/(1+e); z < 0: e/(1+e).
+  d_input = vselect(vless(z, zero), e * inv, inv) - t;
+  d_target = zero - z;
+}
+
+// Squared error, as F.mse_loss.
+template <typename V>
+VAE_FUSED_HD void mse_value_and_grad(V p, V t, V& loss, V& d_input, V& d_target) {
+  const V diff = p - t;
+  loss = diff * diff;
+  d_input = V(2) * diff;
+  d_target = V(0) - d_input;
+}
+
+// Continuous Bernoulli (Loaiza-Ganem & Cunningham 2019): BCE(p, t) - log C(p)
+// with C(p) = 2 atanh(x) / x, x = 1 - 2p (exact in floating point for p near
+// 1/2, where it matters). atanh(x)/x is evaluated as
+// (log1p(x) - log1p(-x)) / (2x), which is accurate to a few ulps except at
+// x = 0, but d/dx log C = 1/((1-x^2) atanh x) - 1/x cancels catastrophically
+// as x -> 0. Inside |x| < window both come from the series
+//   log(atanh(x)/x) = sum_k c_k x^(2k),
+// whose truncation error at the window edge is below the type's rounding
+// (window 0.25 in float, 0.05 in double: the two error curves cross there).
+template <typename S> struct CbceWindow;
+template <> struct CbceWindow<float> { static constexpr double value = 0.25; };
+template <> struct CbceWindow<double> { static constexpr double value = 0.05; };
+
+constexpr double kLogAtanhSeries[6] = {
+    1.0 / 3.0,                      // c1
+    13.0 / 90.0,                    // c2
+    251.0 / 2835.0,                 // c3
+    3551.0 / 56700.0,               // c4
+    22417.0 / 467775.0,             // c5
+    147636491.0 / 3831077250.0,     // c6
+};
+
+// log C(p) and its derivative in p. `window` is CbceWindow<scalar>::value.
+template <typename V>
+VAE_FUSED_HD void cb_log_norm_value_and_grad(V p, double window, V& log_c, V& d_log_c) {
+  const V one(1), two(2);
+  const V x = one - two * p;
+  const V y = x * x;
+  // Series: sum c_k y^k (Horner), and its x-derivative sum 2k c_k x^(2k-1).
+  V series(kLogAtanhSeries[5]);
+  V d_series(12.0 * kLogAtanhSeries[5]);
+  for (int k = 4; k >= 0; --k) {
+    series = series * y + V(kLogAtanhSeries[k]);
+    d_series = d_series * y + V(2.0 * (k + 1) * kLogAtanhSeries[k]);
+  }
+  series = series * y;
+  d_series = d_series * x;
+  // Direct form (used outside the window; its NaN at x = 0 is never selected).
+  const V two_atanh = vlog1p(x) - vlog1p(V(0) - x);
+  const V log_ratio = vlog(two_atanh / (two * x));
+  const V d_direct = two / ((one - y) * two_atanh) - one / x;
+  const auto inside = vless(vabs(x), V(window));
+  const V log_ratio_sel = vselect(inside, series, log_ratio);
+  const V d_sel = vselect(inside, d_series, d_direct);
+  log_c = V(0.69314718055994530942) + log_ratio_sel;  // log 2 + log(atanh(x)/x)
+  d_log_c = -two * d_sel;                              // dx/dp = -2
+}
+
+template <typename V>
+VAE_FUSED_HD void cbce_value_and_grad(V p, V t, V& loss, V& d_input, V& d_target,
+                                      double window) {
+  bce_value_and_grad(p, t, loss, d_input, d_target);
+  V log_c, d_log_c;
+  cb_log_norm_value_and_grad(p, window, log_c, d_log_c);
+  loss = loss - log_c;
+  d_input = d_input - d_log_c;
+}
+
+// ---------------------------------------------------------------------------
+// KL(N(mu, exp(logvar)) || N(0, 1)) per latent unit:
+//   -0.5 (1 + logvar - mu^2 - exp(logvar)),  d/dmu = mu,  d/dlogvar = 0.5 (exp(logvar) - 1).
+template <typename V>
+VAE_FUSED_HD void kl_value_and_grad(V mu, V logvar, V& kl, V& d_mu, V& d_logvar) {
+  const V one(1), half(0.5);
+  const V var = vexp(logvar);
+  kl = -half * (one + logvar - mu * mu - var);
+  d_mu = mu;
+  d_logvar = half * (var - one);
+}
+
+}  // namespace VAE_FUSED_ISA_NAMESPACE
+}  // namespace vae_fused

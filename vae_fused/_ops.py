@@ -1,0 +1,133 @@
+"""The fused op: loading the compiled library, its fake (meta) kernel and its
+autograd formula. The only module that knows the op's schema."""
+from __future__ import annotations
+
+import os
+
+import torch
+
+from ._args import RECON_MODES, REDUCTIONS, LossOptions
+
+try:
+    from . import _C  # noqa: F401  (loading it registers the ops)
+except ImportError as err:  # pragma: no cover - exercised by hand
+    raise ImportError(
+        "vae_fused: the compiled extension vae_fused._C could not be loaded:\n"
+        f"  {err}\n"
+        "There is no pure-Python fallback. Build it against the torch you have installed "
+        f"(torch {torch.__version__}):\n"
+        "  pip install --no-build-isolation .        (from a checkout of vae_fused)\n"
+        "A build made for another torch version must be rebuilt the same way."
+    ) from err
+
+_forward_op = torch.ops.vae_fused.vae_loss_forward
+
+
+def _term_like(t: torch.Tensor, reduction: int) -> torch.Tensor:
+    shape = (t.shape[0],) if reduction == REDUCTIONS["none"] else ()
+    dtype = torch.float64 if t.dtype == torch.float64 else torch.float32
+    return t.new_empty(shape, dtype=dtype)
+
+
+def _grad_like(t: torch.Tensor, wanted: bool) -> torch.Tensor:
+    return t.new_empty(t.shape) if wanted else t.new_empty((0,))
+
+
+@torch.library.register_fake("vae_fused::vae_loss_forward")
+def _vae_loss_forward_fake(recon_x, x, mu, logvar, recon_mode, reduction, kl_reduction,
+                           free_bits, grad_recon_x, grad_x, grad_mu, grad_logvar):
+    torch._check(recon_x.shape == x.shape, lambda: "recon_x and x must have the same shape")
+    torch._check(mu.shape == logvar.shape, lambda: "mu and logvar must have the same shape")
+    return (
+        _term_like(recon_x, reduction),
+        _term_like(mu, kl_reduction),
+        _grad_like(recon_x, grad_recon_x),
+        _grad_like(x, grad_x),
+        _grad_like(mu, grad_mu),
+        _grad_like(logvar, grad_logvar),
+    )
+
+
+def _setup_context(ctx, inputs, output):
+    recon_x, x, mu, logvar, _, reduction, kl_reduction, *_ = inputs
+    element_grads = output[2:]
+    ctx.mark_non_differentiable(*element_grads)
+    ctx.save_for_backward(*element_grads)
+    ctx.reductions = (reduction, reduction, kl_reduction, kl_reduction)
+    ctx.input_numels = tuple(t.numel() for t in (recon_x, x, mu, logvar))
+
+
+def _is_exactly_one(grad: torch.Tensor) -> bool:
+    # Free to ask on the CPU in eager mode; never while tracing (fake or
+    # functional tensors have no value) and never on CUDA (a host sync).
+    if grad.dim() != 0 or grad.device.type != "cpu" or type(grad) is not torch.Tensor:
+        return False
+    if torch.compiler.is_compiling():
+        return False
+    try:
+        return bool(grad == 1)
+    except RuntimeError:  # e.g. a functorch wrapper
+        return False
+
+
+def _scaled(element_grad: torch.Tensor, grad_output: torch.Tensor) -> torch.Tensor:
+    """element_grad * grad_output, as a new tensor (the saved one is never
+    modified, so retain_graph and torch.autograd.grad stay right); the saved
+    tensor itself when grad_output is exactly 1 on the CPU."""
+    if grad_output.dim() == 0:
+        if _is_exactly_one(grad_output):
+            return element_grad
+        return element_grad * grad_output  # a 0-d factor keeps element_grad's dtype
+    # reduction "none": one factor per sample
+    per_row = grad_output.reshape((-1,) + (1,) * (element_grad.dim() - 1))
+    return (element_grad * per_row).to(element_grad.dtype)
+
+
+def _backward(ctx, grad_recon, grad_kl, *_unused_element_grad_grads):
+    saved = ctx.saved_tensors
+    outputs = []
+    for i, (element_grad, grad_output) in enumerate(zip(saved, (grad_recon, grad_recon, grad_kl, grad_kl))):
+        if not ctx.needs_input_grad[i] or grad_output is None:
+            outputs.append(None)
+        elif element_grad.numel() != ctx.input_numels[i]:
+            if ctx.input_numels[i] == 0:
+                outputs.append(None)
+                continue
+            raise RuntimeError(
+                "vae_fused: backward needs the element gradient of input "
+                f"{i}, but vae_loss_forward was called with its grad flag off; "
+                "call vae_fused.vae_loss (which sets the flags) instead of the raw op"
+            )
+        else:
+            outputs.append(_scaled(element_grad, grad_output))
+    return tuple(outputs) + (None,) * 8
+
+
+torch.library.register_autograd(
+    "vae_fused::vae_loss_forward", _backward, setup_context=_setup_context
+)
+
+
+def fused_terms(recon_x, x, mu, logvar, opts: LossOptions):
+    """Runs the op once: (recon_term, kl_term), both unweighted."""
+    needs = torch.is_grad_enabled()
+    recon_term, kl_term, *_ = _forward_op(
+        recon_x, x, mu, logvar,
+        RECON_MODES[opts.recon], REDUCTIONS[opts.reduction], REDUCTIONS[opts.kl_reduction],
+        opts.free_bits,
+        needs and recon_x.requires_grad, needs and x.requires_grad,
+        needs and mu.requires_grad, needs and logvar.requires_grad,
+    )
+    return recon_term, kl_term
+
+
+def strict_mode() -> bool:
+    """VAE_FUSED_STRICT=1: turn a CUDA NaN loss from out-of-range BCE input into
+    PyTorch's RuntimeError, at the cost of one host sync."""
+    return os.environ.get("VAE_FUSED_STRICT", "0") not in ("", "0")
+
+
+def cpu_capability() -> str:
+    """The CPU kernel build this process runs: 'AVX512', 'AVX2' or 'DEFAULT'
+    (lowered by ATEN_CPU_CAPABILITY or VAE_FUSED_CPU_CAPABILITY)."""
+    return torch.ops.vae_fused.cpu_capability()
