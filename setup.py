@@ -40,12 +40,33 @@ if platform.machine().lower() in ("x86_64", "amd64"):
     ISA_FLAGS["AVX2"] = ["-mavx2", "-mfma", "-mf16c"]
     ISA_FLAGS["AVX512"] = ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mfma", "-mf16c"]
 
-CXX_FLAGS = ["-O3", "-std=c++20", "-fPIC", "-Wall", "-Wno-unused-function"]
+# -Wno-unknown-pragmas / -Wno-maybe-uninitialized silence hundreds of lines
+# from ATen's vec headers and gcc's AVX-512 intrinsics headers, not ours.
+CXX_FLAGS = ["-O3", "-std=c++20", "-fPIC", "-Wall", "-Wno-unused-function",
+             "-Wno-unknown-pragmas", "-Wno-maybe-uninitialized"]
+
+
+def find_cuda_home():
+    """The CUDA toolkit root: $CUDA_HOME, torch's guess, or /usr/local/cuda,
+    whichever first has both nvcc and the runtime library. (torch derives the
+    root from `which nvcc`, which is wrong when nvcc is a wrapper script
+    outside the toolkit, e.g. /usr/local/bin/nvcc; linking then fails.)"""
+    candidates = [os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"),
+                  cpp_extension.CUDA_HOME, "/usr/local/cuda"]
+    for root in filter(None, candidates):
+        root = Path(root)
+        if (root / "bin" / "nvcc").exists() and any((root / "lib64").glob("libcudart.so*")):
+            return str(root)
+    return None
 
 
 def want_cuda():
     forced = os.environ.get("VAE_FUSED_CUDA")
-    available = torch.version.cuda is not None and cpp_extension.CUDA_HOME is not None
+    cuda_home = find_cuda_home()
+    if cuda_home is not None:
+        os.environ["CUDA_HOME"] = cuda_home
+        cpp_extension.CUDA_HOME = cuda_home  # read by CUDAExtension and the nvcc rules
+    available = torch.version.cuda is not None and cuda_home is not None
     if forced == "0":
         return False
     if forced == "1":
@@ -53,7 +74,7 @@ def want_cuda():
             sys.exit(
                 "vae_fused: VAE_FUSED_CUDA=1 but this torch has no CUDA "
                 f"(torch.version.cuda={torch.version.cuda}) or nvcc was not found "
-                f"(CUDA_HOME={cpp_extension.CUDA_HOME})."
+                f"(CUDA_HOME={cuda_home})."
             )
         return True
     return available

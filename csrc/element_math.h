@@ -151,14 +151,14 @@ template <typename S> struct CbceWindow;
 template <> struct CbceWindow<float> { static constexpr double value = 0.25; };
 template <> struct CbceWindow<double> { static constexpr double value = 0.05; };
 
-constexpr double kLogAtanhSeries[6] = {
-    1.0 / 3.0,                      // c1
-    13.0 / 90.0,                    // c2
-    251.0 / 2835.0,                 // c3
-    3551.0 / 56700.0,               // c4
-    22417.0 / 467775.0,             // c5
-    147636491.0 / 3831077250.0,     // c6
-};
+// The series' coefficients (exact rationals), named rather than kept in an
+// array so device code can use them as immediates.
+constexpr double kLogAtanhC1 = 1.0 / 3.0;
+constexpr double kLogAtanhC2 = 13.0 / 90.0;
+constexpr double kLogAtanhC3 = 251.0 / 2835.0;
+constexpr double kLogAtanhC4 = 3551.0 / 56700.0;
+constexpr double kLogAtanhC5 = 22417.0 / 467775.0;
+constexpr double kLogAtanhC6 = 147636491.0 / 3831077250.0;
 
 // log C(p) and its derivative in p. `window` is CbceWindow<scalar>::value.
 template <typename V>
@@ -166,13 +166,11 @@ VAE_FUSED_HD void cb_log_norm_value_and_grad(V p, double window, V& log_c, V& d_
   const V one(1), two(2);
   const V x = one - two * p;
   const V y = x * x;
-  // Series: sum c_k y^k (Horner), and its x-derivative sum 2k c_k x^(2k-1).
-  V series(kLogAtanhSeries[5]);
-  V d_series(12.0 * kLogAtanhSeries[5]);
-  for (int k = 4; k >= 0; --k) {
-    series = series * y + V(kLogAtanhSeries[k]);
-    d_series = d_series * y + V(2.0 * (k + 1) * kLogAtanhSeries[k]);
-  }
+  // Series sum_k c_k y^k and its x-derivative sum_k 2k c_k x^(2k-1), by Horner.
+  V series = ((((V(kLogAtanhC6) * y + V(kLogAtanhC5)) * y + V(kLogAtanhC4)) * y +
+               V(kLogAtanhC3)) * y + V(kLogAtanhC2)) * y + V(kLogAtanhC1);
+  V d_series = ((((V(12 * kLogAtanhC6) * y + V(10 * kLogAtanhC5)) * y + V(8 * kLogAtanhC4)) * y +
+                 V(6 * kLogAtanhC3)) * y + V(4 * kLogAtanhC2)) * y + V(2 * kLogAtanhC1);
   series = series * y;
   d_series = d_series * x;
   // Direct form (used outside the window; its NaN at x = 0 is never selected).
@@ -183,7 +181,7 @@ VAE_FUSED_HD void cb_log_norm_value_and_grad(V p, double window, V& log_c, V& d_
   const V log_ratio_sel = vselect(inside, series, log_ratio);
   const V d_sel = vselect(inside, d_series, d_direct);
   log_c = V(0.69314718055994530942) + log_ratio_sel;  // log 2 + log(atanh(x)/x)
-  d_log_c = -two * d_sel;                              // dx/dp = -2
+  d_log_c = V(0) - two * d_sel;                        // dx/dp = -2
 }
 
 template <typename V>

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <ATen/ATen.h>
+#include <c10/macros/Macros.h>
 
 #include <cmath>
 
@@ -33,8 +34,8 @@ inline double grad_scale_for(int64_t reduction, int64_t rows, int64_t numel) {
 }
 
 // The reduced value from the sum of all element losses. Empty inputs give
-// 0/0 = NaN for the means, like torch.mean.
-inline double reduce_total(int64_t reduction, double total, int64_t rows, int64_t numel) {
+// 0/0 = NaN for the means, like torch.mean. Also called on the device.
+C10_HOST_DEVICE inline double reduce_total(int64_t reduction, double total, int64_t rows, int64_t numel) {
   if (reduction == kMean) return total / static_cast<double>(numel);
   if (reduction == kBatchMean) return total / static_cast<double>(rows);
   return total;
