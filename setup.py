@@ -117,7 +117,7 @@ class BuildWithIsaKernels(cpp_extension.BuildExtension):
 
 
 def make_extension():
-    sources = ["csrc/vae_loss.cpp", "csrc/cpu/vae_loss_cpu.cpp"]
+    sources = ["csrc/vae_loss.cpp", "csrc/cpu/vae_loss_cpu.cpp", "csrc/cpu/gradient_pool.cpp"]
     macros = [(f"VAE_FUSED_HAVE_{isa}", None) for isa in ISA_FLAGS if isa != "DEFAULT"]
     cxx = CXX_FLAGS
     if want_cuda():

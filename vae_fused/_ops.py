@@ -52,6 +52,9 @@ def _setup_context(ctx, inputs, output):
     recon_x, x, mu, logvar, _, reduction, kl_reduction, *_ = inputs
     element_grads = output[2:]
     ctx.mark_non_differentiable(*element_grads)
+    # Otherwise autograd would fill a zero "gradient" the size of each element
+    # gradient output before calling backward: a wasted B x D pass.
+    ctx.set_materialize_grads(False)
     ctx.save_for_backward(*element_grads)
     ctx.reductions = (reduction, reduction, kl_reduction, kl_reduction)
     ctx.input_numels = tuple(t.numel() for t in (recon_x, x, mu, logvar))

@@ -12,6 +12,7 @@
 #include "../element_math.h"
 #include "../vae_loss_modes.h"
 #include "../op_common.h"
+#include "gradient_pool.h"
 #include "row_loss_kernels.h"
 
 namespace vae_fused::cpu {
@@ -89,8 +90,8 @@ TermResult run_term(const at::Tensor& a_in, const at::Tensor& b_in, int64_t redu
   const int64_t cols = rows == 0 ? flat_features(a) : numel / rows;
 
   TermResult out;
-  out.grad_a = want_grad_a ? at::empty_like(a) : at::empty({0}, a.options());
-  out.grad_b = want_grad_b ? at::empty_like(b) : at::empty({0}, b.options());
+  out.grad_a = want_grad_a ? empty_gradient(a) : at::empty({0}, a.options());
+  out.grad_b = want_grad_b ? empty_gradient(b) : at::empty({0}, b.options());
   at::Tensor partials = at::empty({rows * chunks_per_row(cols)}, a.options().dtype(at::kDouble));
 
   RowLossArgs args;
