@@ -27,9 +27,12 @@ def _check_unit_range_strict(recon_x, x, recon: str) -> None:
     # The CPU kernel always raises.
     if recon not in ("bce", "cbce") or recon_x.device.type == "cpu" or not strict_mode():
         return
-    for name, t in (("input", recon_x), ("target", x)):
-        if bool(((t < 0) | (t > 1) | torch.isnan(t)).any()):
-            raise RuntimeError(f"all elements of {name} should be between 0 and 1")
+    outside = [((t < 0) | (t > 1) | torch.isnan(t)).any() for t in (recon_x, x)]
+    input_bad, target_bad = torch.stack(outside).tolist()  # the one sync
+    if input_bad:
+        raise RuntimeError("all elements of input should be between 0 and 1")
+    if target_bad:
+        raise RuntimeError("all elements of target should be between 0 and 1")
 
 
 def vae_loss_terms(recon_x, x, mu, logvar, *, beta=1.0, reduction="sum", kl_reduction=None,
