@@ -13,6 +13,8 @@
 
 #include <cmath>
 
+#include "vae_loss_modes.h"
+
 #if defined(__CUDACC__)
 #define VAE_FUSED_HD __host__ __device__ __forceinline__
 #else
@@ -213,6 +215,26 @@ VAE_FUSED_HD void cbce_value_and_grad(V p, V t, V& loss, V& d_input, V& d_target
   loss = loss - log_c;
   d_input = d_input - d_log_c;
 }
+
+// The rule of a recon mode (a compile-time ReconMode); S is the scalar type
+// of the lanes (float or double), which picks the continuous Bernoulli window.
+template <int kMode, typename S, typename V>
+VAE_FUSED_HD void recon_value_and_grad(V p, V t, V& loss, V& d_input, V& d_target) {
+  if constexpr (kMode == kBce) {
+    bce_value_and_grad(p, t, loss, d_input, d_target);
+  } else if constexpr (kMode == kBceLogits) {
+    bce_logits_value_and_grad(p, t, loss, d_input, d_target);
+  } else if constexpr (kMode == kMse) {
+    mse_value_and_grad(p, t, loss, d_input, d_target);
+  } else {
+    static_assert(kMode == kCbce, "unknown recon mode");
+    cbce_value_and_grad(p, t, loss, d_input, d_target, CbceWindow<S>::value);
+  }
+}
+
+// Modes whose inputs are probabilities: PyTorch rejects a recon_x or target
+// outside [0, 1] (NaN included) for them.
+constexpr bool takes_probabilities(int mode) { return mode == kBce || mode == kCbce; }
 
 // ---------------------------------------------------------------------------
 // KL(N(mu, exp(logvar)) || N(0, 1)) per latent unit:

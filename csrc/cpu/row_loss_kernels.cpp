@@ -81,20 +81,10 @@ struct Block {
 // The element rules, as types the row loop is instantiated with.
 template <int kMode>
 struct ReconRule {
-  // BCE and the continuous Bernoulli take probabilities: PyTorch rejects
-  // inputs or targets outside [0, 1] (NaN included), and so do we.
-  static constexpr bool kChecksUnitRange = (kMode == kBce || kMode == kCbce);
+  static constexpr bool kChecksUnitRange = takes_probabilities(kMode);
   template <typename V, typename S>
   static void apply(V a, V b, V& value, V& d_a, V& d_b) {
-    if constexpr (kMode == kBce) {
-      bce_value_and_grad(a, b, value, d_a, d_b);
-    } else if constexpr (kMode == kBceLogits) {
-      bce_logits_value_and_grad(a, b, value, d_a, d_b);
-    } else if constexpr (kMode == kMse) {
-      mse_value_and_grad(a, b, value, d_a, d_b);
-    } else {
-      cbce_value_and_grad(a, b, value, d_a, d_b, CbceWindow<S>::value);
-    }
+    recon_value_and_grad<kMode, S>(a, b, value, d_a, d_b);
   }
 };
 
@@ -128,6 +118,17 @@ bool outside_unit_range(const Vectorized<S>& lo, const Vectorized<S>& hi) {
     if (!(l[i] >= S(0) && h[i] <= S(1))) return true;
   }
   return false;
+}
+
+// Stores one block of element gradients (n of them), scaled for the reduction.
+template <typename B, typename T, typename Vec>
+void store_gradient(T* out, int64_t n, Vec lo, Vec hi, bool scaled, const Vec& scale) {
+  if (scaled) {
+    lo = lo * scale;
+    hi = hi * scale;
+  }
+  if (n == B::kSize) B::store(out, lo, hi);
+  else B::store_partial(out, n, lo, hi);
 }
 
 // The one loop every loss term runs: rows x cols elements of a and b, cut
@@ -197,22 +198,8 @@ int row_loss(const RowLossArgs& args) {
           b_min = at::vec::minimum(b_min, at::vec::minimum(b_lo, b_hi));
           b_max = at::vec::maximum(b_max, at::vec::maximum(b_lo, b_hi));
         }
-        if (grad_a != nullptr) {
-          if (scaled) {
-            da_lo = da_lo * scale;
-            da_hi = da_hi * scale;
-          }
-          if (n == kSize) BA::store(grad_a + at, da_lo, da_hi);
-          else BA::store_partial(grad_a + at, n, da_lo, da_hi);
-        }
-        if (grad_b != nullptr) {
-          if (scaled) {
-            db_lo = db_lo * scale;
-            db_hi = db_hi * scale;
-          }
-          if (n == kSize) BB::store(grad_b + at, db_lo, db_hi);
-          else BB::store_partial(grad_b + at, n, db_lo, db_hi);
-        }
+        if (grad_a != nullptr) store_gradient<BA>(grad_a + at, n, da_lo, da_hi, scaled, scale);
+        if (grad_b != nullptr) store_gradient<BB>(grad_b + at, n, db_lo, db_hi, scaled, scale);
       }
       args.partials[task] = lane_sum(acc_lo) + lane_sum(acc_hi);
       if constexpr (Rule::kChecksUnitRange) {

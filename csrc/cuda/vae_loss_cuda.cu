@@ -86,16 +86,8 @@ __device__ Acc block_sum(Acc v, Acc* shared) {
 // (where PyTorch's CPU kernel raises and its CUDA kernel asserts).
 template <int kMode, typename Acc>
 __device__ inline void recon_element(Acc p, Acc t, Acc& loss, Acc& d_p, Acc& d_t) {
-  if constexpr (kMode == kBce) {
-    bce_value_and_grad(p, t, loss, d_p, d_t);
-  } else if constexpr (kMode == kBceLogits) {
-    bce_logits_value_and_grad(p, t, loss, d_p, d_t);
-  } else if constexpr (kMode == kMse) {
-    mse_value_and_grad(p, t, loss, d_p, d_t);
-  } else {
-    cbce_value_and_grad(p, t, loss, d_p, d_t, CbceWindow<Acc>::value);
-  }
-  if constexpr (kMode == kBce || kMode == kCbce) {
+  recon_value_and_grad<kMode, Acc>(p, t, loss, d_p, d_t);
+  if constexpr (takes_probabilities(kMode)) {
     if (!(p >= Acc(0) && p <= Acc(1) && t >= Acc(0) && t <= Acc(1))) {
       loss = std::numeric_limits<Acc>::quiet_NaN();
     }
