@@ -14,13 +14,13 @@ __all__ = ["vae_loss", "vae_loss_terms", "kl_elements", "recon_elements", "cb_lo
 
 # log(atanh(x)/x) = sum_k c_k x^(2k), used near p = 1/2 where the closed form is 0/0.
 _LOG_ATANH_SERIES = (1 / 3, 13 / 90, 251 / 2835, 3551 / 56700, 22417 / 467775,
-                     147636491 / 3831077250)
+                     147636491 / 3831077250, 61425277 / 1915538625, 9718892317 / 355245345000)
 
 
 def cb_log_norm(p: torch.Tensor) -> torch.Tensor:
     """log C(p) of the continuous Bernoulli, C(p) = 2 atanh(1-2p)/(1-2p), C(1/2) = 2."""
     x = 1 - 2 * p
-    window = 0.05 if p.dtype == torch.float64 else 0.25
+    window = 0.1 if p.dtype == torch.float64 else 0.4
     y = x * x
     series = sum(c * y ** (k + 1) for k, c in enumerate(_LOG_ATANH_SERIES))
     safe_x = torch.where(x.abs() < window, torch.ones_like(x), x)
