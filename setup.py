@@ -116,11 +116,25 @@ class BuildWithIsaKernels(cpp_extension.BuildExtension):
         super().build_extensions()
 
 
+def write_build_info(with_cuda: bool):
+    """vae_fused/_build_info.py: what this build compiled, for users and for the
+    test that a CUDA build registered its kernels."""
+    (ROOT / "vae_fused" / "_build_info.py").write_text(
+        "# Written by setup.py at build time.\n"
+        f"WITH_CUDA = {with_cuda}\n"
+        f"CUDA_FORCED_OFF = {os.environ.get('VAE_FUSED_CUDA') == '0'}\n"
+        f"TORCH_VERSION = {torch.__version__!r}\n"
+        f"CPU_KERNEL_BUILDS = {list(ISA_FLAGS)!r}\n"
+    )
+
+
 def make_extension():
     sources = ["csrc/vae_loss.cpp", "csrc/cpu/vae_loss_cpu.cpp", "csrc/cpu/gradient_pool.cpp"]
     macros = [(f"VAE_FUSED_HAVE_{isa}", None) for isa in ISA_FLAGS if isa != "DEFAULT"]
     cxx = CXX_FLAGS
-    if want_cuda():
+    with_cuda = want_cuda()
+    write_build_info(with_cuda)
+    if with_cuda:
         os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;8.6;8.9;9.0+PTX")
         sources += sorted(str(p.relative_to(ROOT)) for p in (CSRC / "cuda").glob("*.cu"))
         macros.append(("VAE_FUSED_WITH_CUDA", None))

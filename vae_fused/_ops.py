@@ -111,8 +111,22 @@ torch.library.register_autograd(
 )
 
 
+def _under_functorch(tensors) -> bool:
+    if torch.compiler.is_compiling():
+        return False
+    return any(torch._C._functorch.is_functorch_wrapped_tensor(t) for t in tensors)
+
+
 def fused_terms(recon_x, x, mu, logvar, opts: LossOptions):
     """Runs the op once: (recon_term, kl_term), both unweighted."""
+    if _under_functorch((recon_x, x, mu, logvar)):
+        # torch.library's autograd registration has no functorch support yet;
+        # say so plainly instead of PyTorch's note about setup_context.
+        raise RuntimeError(
+            "vae_fused: torch.func transforms (grad, vmap, jacrev, ...) are not supported; "
+            "compute gradients with loss.backward() or torch.autograd.grad, and batch "
+            "several losses by concatenating them along the batch with reduction='none'"
+        )
     needs = torch.is_grad_enabled()
     recon_term, kl_term, *_ = _forward_op(
         recon_x, x, mu, logvar,
