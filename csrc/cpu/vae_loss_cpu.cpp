@@ -5,9 +5,12 @@
 #include <ATen/Version.h>
 #include <torch/library.h>
 
+#include <algorithm>
+#include <cctype>
 #include <cstdlib>
 #include <string>
 #include <tuple>
+#include <vector>
 
 #include "../element_math.h"
 #include "../vae_loss_modes.h"
