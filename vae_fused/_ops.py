@@ -49,14 +49,13 @@ def _vae_loss_forward_fake(recon_x, x, mu, logvar, recon_mode, reduction, kl_red
 
 
 def _setup_context(ctx, inputs, output):
-    recon_x, x, mu, logvar, _, reduction, kl_reduction, *_ = inputs
+    recon_x, x, mu, logvar, *_ = inputs
     element_grads = output[2:]
     ctx.mark_non_differentiable(*element_grads)
     # Otherwise autograd would fill a zero "gradient" the size of each element
     # gradient output before calling backward: a wasted B x D pass.
     ctx.set_materialize_grads(False)
     ctx.save_for_backward(*element_grads)
-    ctx.reductions = (reduction, reduction, kl_reduction, kl_reduction)
     ctx.input_numels = tuple(t.numel() for t in (recon_x, x, mu, logvar))
 
 
@@ -73,12 +72,13 @@ def _is_exactly_one(grad: torch.Tensor) -> bool:
         return False
 
 
-def _scaled(element_grad: torch.Tensor, grad_output: torch.Tensor) -> torch.Tensor:
+def _scaled(element_grad: torch.Tensor, grad_output: torch.Tensor, is_one: bool) -> torch.Tensor:
     """element_grad * grad_output, as a new tensor (the saved one is never
     modified, so retain_graph and torch.autograd.grad stay right); the saved
-    tensor itself when grad_output is exactly 1 on the CPU."""
+    tensor itself when grad_output is exactly 1 on the CPU (autograd then
+    hands it on without a copy when nothing else holds it)."""
     if grad_output.dim() == 0:
-        if _is_exactly_one(grad_output):
+        if is_one:
             return element_grad
         return element_grad * grad_output  # a 0-d factor keeps element_grad's dtype
     # reduction "none": one factor per sample
@@ -88,8 +88,11 @@ def _scaled(element_grad: torch.Tensor, grad_output: torch.Tensor) -> torch.Tens
 
 def _backward(ctx, grad_recon, grad_kl, *_unused_element_grad_grads):
     saved = ctx.saved_tensors
+    recon_is_one = grad_recon is not None and _is_exactly_one(grad_recon)
+    kl_is_one = grad_kl is not None and _is_exactly_one(grad_kl)
+    upstream = ((grad_recon, recon_is_one), (grad_recon, recon_is_one), (grad_kl, kl_is_one), (grad_kl, kl_is_one))
     outputs = []
-    for i, (element_grad, grad_output) in enumerate(zip(saved, (grad_recon, grad_recon, grad_kl, grad_kl))):
+    for i, (element_grad, (grad_output, is_one)) in enumerate(zip(saved, upstream)):
         if not ctx.needs_input_grad[i] or grad_output is None:
             outputs.append(None)
         elif element_grad.numel() != ctx.input_numels[i]:
@@ -102,7 +105,7 @@ def _backward(ctx, grad_recon, grad_kl, *_unused_element_grad_grads):
                 "call vae_fused.vae_loss (which sets the flags) instead of the raw op"
             )
         else:
-            outputs.append(_scaled(element_grad, grad_output))
+            outputs.append(_scaled(element_grad, grad_output, is_one))
     return tuple(outputs) + (None,) * 8
 
 
