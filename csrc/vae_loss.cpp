@@ -20,6 +20,10 @@ TORCH_LIBRARY(vae_fused, m) {
       "vae_loss_forward(Tensor recon_x, Tensor x, Tensor mu, Tensor logvar, int recon_mode, "
       "int reduction, int kl_reduction, float free_bits, bool grad_recon_x, bool grad_x, "
       "bool grad_mu, bool grad_logvar) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+  // grad * scale (scale: 0-d, or one factor per row broadcast against grad) in
+  // a new tensor of grad's dtype: the backward when the upstream gradient is
+  // not 1. The CPU kernel takes the buffer from the gradient pool.
+  m.def("scale_gradient(Tensor grad, Tensor scale) -> Tensor");
   // Which build of the CPU kernels this process would run ("AVX512", "AVX2",
   // "DEFAULT"), after ATEN_CPU_CAPABILITY and VAE_FUSED_CPU_CAPABILITY.
   m.def("cpu_capability() -> str");

@@ -39,7 +39,7 @@ def test_cuda_kernels_registered():
     from vae_fused import _build_info
 
     assert _build_info.WITH_CUDA
-    for op in ("vae_fused::vae_loss_forward",):
+    for op in ("vae_fused::vae_loss_forward", "vae_fused::scale_gradient"):
         assert torch._C._dispatch_has_kernel_for_dispatch_key(op, "CUDA"), op
 
 

@@ -60,6 +60,27 @@ def test_opcheck(args):
     torch.library.opcheck(torch.ops.vae_fused.vae_loss_forward.default, args)
 
 
+@pytest.mark.parametrize("shape,scale_shape,dtype", [
+    ((4, 3000), (), torch.float32), ((4, 3000), (4, 1), torch.float32), ((5, 2, 3), (5, 1, 1), torch.bfloat16),
+    ((6, 7), (), torch.float64)])
+def test_scale_gradient_op(shape, scale_shape, dtype):
+    grad = torch.randn(shape).to(dtype)
+    scale = torch.rand(scale_shape) + 0.5
+    out = torch.ops.vae_fused.scale_gradient(grad, scale)
+    assert out.dtype == dtype and out.shape == grad.shape
+    torch.testing.assert_close(out, (grad.double() * scale.double()).to(dtype))
+    torch.library.opcheck(torch.ops.vae_fused.scale_gradient.default, (grad, scale))
+
+
+def test_scaled_backward_keeps_dtypes():
+    inputs = [t.bfloat16().requires_grad_() for t in make_inputs((4, 50), (4, 3))]
+    (vae_fused.vae_loss(*inputs, reduction="none") * torch.tensor([1.0, 2.0, 0.5, 3.0])).sum().backward()
+    (vae_fused.vae_loss(*inputs) * 0.25).backward()
+    for t in inputs:
+        if t.requires_grad:
+            assert t.grad.dtype == torch.bfloat16 and torch.isfinite(t.grad.float()).all()
+
+
 def test_retain_graph_and_second_backward():
     inputs = [t.requires_grad_() for t in make_inputs((5, 9), (5, 3))]
     expected = grads(oracle_loss(*inputs), inputs)

@@ -21,6 +21,7 @@ except ImportError as err:  # pragma: no cover - exercised by hand
     ) from err
 
 _forward_op = torch.ops.vae_fused.vae_loss_forward
+_scale_op = torch.ops.vae_fused.scale_gradient
 
 
 def _term_like(t: torch.Tensor, reduction: int) -> torch.Tensor:
@@ -46,6 +47,11 @@ def _vae_loss_forward_fake(recon_x, x, mu, logvar, recon_mode, reduction, kl_red
         _grad_like(mu, grad_mu),
         _grad_like(logvar, grad_logvar),
     )
+
+
+@torch.library.register_fake("vae_fused::scale_gradient")
+def _scale_gradient_fake(grad, scale):
+    return grad.new_empty(grad.shape)
 
 
 def _setup_context(ctx, inputs, output):
@@ -80,10 +86,9 @@ def _scaled(element_grad: torch.Tensor, grad_output: torch.Tensor, is_one: bool)
     if grad_output.dim() == 0:
         if is_one:
             return element_grad
-        return element_grad * grad_output  # a 0-d factor keeps element_grad's dtype
+        return _scale_op(element_grad, grad_output)
     # reduction "none": one factor per sample
-    per_row = grad_output.reshape((-1,) + (1,) * (element_grad.dim() - 1))
-    return (element_grad * per_row).to(element_grad.dtype)
+    return _scale_op(element_grad, grad_output.reshape((-1,) + (1,) * (element_grad.dim() - 1)))
 
 
 def _backward(ctx, grad_recon, grad_kl, *_unused_element_grad_grads):

@@ -193,12 +193,19 @@ vae_loss_forward_cpu(const at::Tensor& recon_x, const at::Tensor& x, const at::T
   return {recon.value, kl.value, recon.grad_a, recon.grad_b, kl.grad_a, kl.grad_b};
 }
 
+at::Tensor scale_gradient_cpu(const at::Tensor& grad, const at::Tensor& scale) {
+  at::Tensor out = empty_gradient(grad);
+  at::mul_out(out, grad, scale);
+  return out;
+}
+
 std::string cpu_capability() { return selected_capability(); }
 
 }  // namespace
 
 TORCH_LIBRARY_IMPL(vae_fused, CPU, m) {
   m.impl("vae_loss_forward", &vae_loss_forward_cpu);
+  m.impl("scale_gradient", &scale_gradient_cpu);
 }
 
 TORCH_LIBRARY_IMPL(vae_fused, CatchAll, m) {

@@ -371,10 +371,16 @@ vae_loss_forward_cuda(const at::Tensor& recon_x_in, const at::Tensor& x_in, cons
   return {recon_value, kl_value, g_recon_x, g_x, g_mu, g_logvar};
 }
 
+at::Tensor scale_gradient_cuda(const at::Tensor& grad, const at::Tensor& scale) {
+  const c10::cuda::CUDAGuard guard(grad.device());
+  return at::mul(grad, scale).to(grad.scalar_type());
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(vae_fused, CUDA, m) {
   m.impl("vae_loss_forward", &vae_loss_forward_cuda);
+  m.impl("scale_gradient", &scale_gradient_cuda);
 }
 
 }  // namespace vae_fused::cuda
