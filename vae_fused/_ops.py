@@ -20,6 +20,15 @@ except ImportError as err:  # pragma: no cover - exercised by hand
         "A build made for another torch version must be rebuilt the same way."
     ) from err
 
+_OPS = ("vae_loss_forward", "scale_gradient", "cpu_capability")
+_missing = [name for name in _OPS if not hasattr(torch.ops.vae_fused, name)]
+if _missing:
+    raise ImportError(
+        f"vae_fused: the compiled library {_C.__file__} is older than this Python package "
+        f"(it lacks the op(s) {', '.join(_missing)}). Rebuild it:\n"
+        "  pip install --no-build-isolation .      (or -e . for an editable install)"
+    )
+
 _forward_op = torch.ops.vae_fused.vae_loss_forward
 _scale_op = torch.ops.vae_fused.scale_gradient
 
