@@ -51,8 +51,13 @@ def kl_elements(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     return -0.5 * (1 + logvar - mu.pow(2) - logvar.exp())
 
 
+def _per_sample(elements: torch.Tensor) -> torch.Tensor:
+    """(B, *) -> (B, features); also for B = 0, where reshape(0, -1) is ambiguous."""
+    return elements.reshape(elements.shape[0], math.prod(elements.shape[1:]))
+
+
 def _reduce(elements: torch.Tensor, reduction: str) -> torch.Tensor:
-    per_sample = elements.reshape(elements.shape[0], -1)
+    per_sample = _per_sample(elements)
     if reduction == "sum":
         return per_sample.sum()
     if reduction == "mean":
@@ -66,7 +71,7 @@ def _kl_term(mu, logvar, kl_reduction: str, free_bits: float) -> torch.Tensor:
     kl = kl_elements(mu, logvar)
     if free_bits <= 0:
         return _reduce(kl, kl_reduction)
-    per_sample = kl.reshape(kl.shape[0], -1)
+    per_sample = _per_sample(kl)
     # Kingma et al. 2016: a floor of free_bits nats on each unit's batch mean.
     floored = per_sample.mean(dim=0).clamp_min(free_bits).sum()
     if kl_reduction == "sum":
