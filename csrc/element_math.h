@@ -36,9 +36,10 @@ namespace vae_fused {
 inline namespace VAE_FUSED_ISA_NAMESPACE {
 
 // F.binary_cross_entropy clamps each log at -100 so that p in {0, 1} gives a
-// finite loss, and divides its gradient by max(p(1-p), 1e-12).
+// finite loss, and divides its gradient by max(p(1-p), 1e-12) -- where its
+// 1e-12 is a float constant in every dtype (9.99999996e-13 in double).
 constexpr double kLogClamp = -100.0;
-constexpr double kBceGradEps = 1e-12;
+constexpr double kBceGradEps = static_cast<double>(1e-12f);
 
 // ---------------------------------------------------------------------------
 // Primitives, scalar. max/min follow std::max's rule ((a < b) ? b : a) so a

@@ -1,38 +1,64 @@
 """Every bad input of API.md's table: the stated exception, a message that
-names the problem, and inputs left as they were."""
+names the problem, and inputs left as they were. vae_fused.reference raises
+the same exceptions."""
 import pytest
 import torch
 
 import vae_fused
 from conftest import make_inputs
 
-IMPLEMENTATIONS = [vae_fused.vae_loss, vae_fused.reference.vae_loss]
+IMPLEMENTATIONS = [pytest.param(vae_fused.vae_loss, id="fused"),
+                   pytest.param(vae_fused.reference.vae_loss, id="reference")]
+ALLOWED = {
+    "reduction": ["none", "mean", "sum", "batchmean"],
+    "kl_reduction": ["none", "mean", "sum", "batchmean"],
+    "recon": ["bce", "bce_logits", "mse", "cbce"],
+}
+
+
+def _snapshot(args):
+    return [a.detach().clone() if isinstance(a, torch.Tensor) and a.device.type != "meta" else None for a in args]
 
 
 def _raises_and_leaves_inputs(fn, args, kwargs, exc, *needles):
-    before = [a.clone() if isinstance(a, torch.Tensor) and a.device.type != "meta" else a for a in args]
+    before = _snapshot(args)
     with pytest.raises(exc) as info:
         fn(*args, **kwargs)
+    assert type(info.value) is exc or issubclass(type(info.value), exc)
     message = str(info.value)
     for needle in needles:
         assert needle in message, f"{needle!r} not in {message!r}"
     for a, b in zip(args, before):
-        if isinstance(a, torch.Tensor) and a.device.type != "meta":
-            torch.testing.assert_close(a, b, rtol=0, atol=0, equal_nan=True)
+        if b is not None:
+            torch.testing.assert_close(a.detach(), b, rtol=0, atol=0, equal_nan=True)
+            assert not a.is_leaf or a.grad is None
     return message
 
 
 @pytest.mark.parametrize("fn", IMPLEMENTATIONS)
 def test_shape_mismatches_name_both_shapes(fn):
-    recon_x, x, mu, logvar = make_inputs((4, 10), (4, 3))
+    recon_x, x, mu, logvar = make_inputs((4, 10), (4, 3), requires_grad=True)
     _raises_and_leaves_inputs(fn, (recon_x, x[:, :9], mu, logvar), {}, ValueError, "(4, 10)", "(4, 9)")
     _raises_and_leaves_inputs(fn, (recon_x, x, mu, logvar[:, :2]), {}, ValueError, "(4, 3)", "(4, 2)")
+    # batch sizes differ
     _raises_and_leaves_inputs(fn, (recon_x, x, mu[:3], logvar[:3]), {}, ValueError, "(4, 10)", "(3, 3)")
+    # same number of elements, different shape: still an error (no silent reshape)
+    _raises_and_leaves_inputs(fn, (recon_x, x.reshape(4, 2, 5), mu, logvar), {}, ValueError, "(4, 10)",
+                              "(4, 2, 5)")
+    _raises_and_leaves_inputs(fn, (recon_x, x, mu, logvar.reshape(4, 3, 1)), {}, ValueError, "(4, 3)",
+                              "(4, 3, 1)")
+    # (1, D) data is not broadcast against (B, D) output
+    _raises_and_leaves_inputs(fn, (recon_x, x[:1], mu, logvar), {}, ValueError, "(4, 10)", "(1, 10)")
+
+
+@pytest.mark.parametrize("fn", IMPLEMENTATIONS)
+def test_missing_batch_dimension(fn):
+    recon_x, x, mu, logvar = make_inputs((4, 10), (4, 3))
     _raises_and_leaves_inputs(fn, (recon_x[0, 0], x[0, 0], mu, logvar), {}, ValueError, "batch")
 
 
 @pytest.mark.parametrize("fn", IMPLEMENTATIONS)
-@pytest.mark.parametrize("bad_dtype", [torch.int64, torch.int32, torch.bool, torch.uint8])
+@pytest.mark.parametrize("bad_dtype", [torch.int64, torch.int32, torch.int8, torch.bool, torch.uint8], ids=str)
 @pytest.mark.parametrize("position", [0, 1, 2, 3])
 def test_integer_and_bool_tensors_are_type_errors(fn, bad_dtype, position):
     args = list(make_inputs((3, 4), (3, 2)))
@@ -42,72 +68,153 @@ def test_integer_and_bool_tensors_are_type_errors(fn, bad_dtype, position):
 
 
 @pytest.mark.parametrize("fn", IMPLEMENTATIONS)
-def test_two_devices_is_a_value_error(fn):
-    recon_x, x, mu, logvar = make_inputs((3, 4), (3, 2))
+@pytest.mark.parametrize("position", [0, 1, 2, 3])
+def test_two_devices_is_a_value_error(fn, position):
+    args = list(make_inputs((3, 4), (3, 2)))
     other = "cuda" if torch.cuda.is_available() else "meta"
-    _raises_and_leaves_inputs(fn, (recon_x, x, mu.to(other), logvar), {}, ValueError, "device", other)
+    args[position] = args[position].to(other)
+    _raises_and_leaves_inputs(fn, tuple(args), {}, ValueError, "device", other, "cpu")
 
 
 @pytest.mark.parametrize("fn", IMPLEMENTATIONS)
-@pytest.mark.parametrize("option,value,allowed", [
-    ("reduction", "avg", "'batchmean'"),
-    ("kl_reduction", "elementwise_mean", "'none'"),
-    ("recon", "gaussian", "'bce_logits'"),
-    ("reduction", None, "'sum'"),
+@pytest.mark.parametrize("option,value", [
+    ("reduction", "avg"), ("reduction", "elementwise_mean"), ("reduction", None), ("reduction", "SUM"),
+    ("kl_reduction", "elementwise_mean"), ("kl_reduction", "batch_mean"), ("kl_reduction", 1),
+    ("recon", "gaussian"), ("recon", "BCE"), ("recon", "logits"), ("recon", None),
 ])
-def test_unknown_modes_list_the_allowed_values(fn, option, value, allowed):
-    _raises_and_leaves_inputs(fn, tuple(make_inputs()), {option: value}, ValueError, option, allowed)
+def test_unknown_modes_list_the_allowed_values(fn, option, value):
+    message = _raises_and_leaves_inputs(fn, tuple(make_inputs(requires_grad=True)), {option: value}, ValueError,
+                                        option, repr(value))
+    for allowed in ALLOWED[option]:
+        assert repr(allowed) in message or f'"{allowed}"' in message, (allowed, message)
 
 
 @pytest.mark.parametrize("fn", IMPLEMENTATIONS)
 @pytest.mark.parametrize("kwargs", [
-    dict(beta=-0.1), dict(beta=float("nan")), dict(beta=torch.tensor(-1.0)),
-    dict(free_bits=-0.5), dict(free_bits=float("inf")), dict(free_bits=0.5, reduction="none"),
-    dict(free_bits=0.5, kl_reduction="none"),
-])
+    dict(beta=-0.1), dict(beta=-1), dict(beta=float("nan")), dict(beta=float("-inf")),
+    dict(beta=torch.tensor(-1.0)), dict(beta=torch.tensor(-0.5, dtype=torch.float64)),
+    dict(beta=torch.tensor(float("nan"))),
+    dict(free_bits=-0.5), dict(free_bits=-1e-12), dict(free_bits=float("nan")),
+    dict(free_bits=0.5, reduction="none"), dict(free_bits=0.5, kl_reduction="none"),
+    dict(free_bits=0.5, reduction="sum", kl_reduction="none"),
+], ids=str)
 def test_bad_beta_and_free_bits(fn, kwargs):
     key = "beta" if "beta" in kwargs else "free_bits"
-    _raises_and_leaves_inputs(fn, tuple(make_inputs()), kwargs, ValueError, key)
-
-
-def test_beta_must_be_a_scalar():
-    with pytest.raises(ValueError, match="0-d"):
-        vae_fused.vae_loss(*make_inputs(), beta=torch.ones(2))
-    with pytest.raises(TypeError, match="beta"):
-        vae_fused.vae_loss(*make_inputs(), beta="1")
+    _raises_and_leaves_inputs(fn, tuple(make_inputs(requires_grad=True)), kwargs, ValueError, key)
 
 
 @pytest.mark.parametrize("fn", IMPLEMENTATIONS)
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("bad", [1.5, -0.01, float("nan")])
+def test_free_bits_none_message_explains(fn):
+    message = _raises_and_leaves_inputs(fn, tuple(make_inputs()), dict(free_bits=0.1, reduction="none"),
+                                        ValueError, "free_bits")
+    assert "none" in message
+
+
+@pytest.mark.parametrize("fn", IMPLEMENTATIONS)
+def test_beta_must_be_a_scalar(fn):
+    _raises_and_leaves_inputs(fn, tuple(make_inputs()), dict(beta=torch.ones(2)), ValueError, "beta")
+    with pytest.raises((TypeError, ValueError), match="beta"):
+        fn(*make_inputs(), beta="1")
+
+
+def test_module_checks_options_at_construction():
+    with pytest.raises(ValueError, match="reduction"):
+        vae_fused.VAELoss(reduction="avg")
+    with pytest.raises(ValueError, match="beta"):
+        vae_fused.VAELoss(beta=-1.0)
+    with pytest.raises(ValueError, match="free_bits"):
+        vae_fused.VAELoss(free_bits=0.5, reduction="none")
+
+
+def test_fused_and_reference_raise_the_same():
+    inputs = make_inputs((4, 10), (4, 3))
+    cases = [
+        ((inputs[0], inputs[1][:, :3], *inputs[2:]), {}),
+        (tuple(inputs), dict(reduction="avg")),
+        (tuple(inputs), dict(recon="l1")),
+        (tuple(inputs), dict(beta=-2.0)),
+        (tuple(inputs), dict(free_bits=0.2, reduction="none")),
+        ((inputs[0].long(), *inputs[1:]), {}),
+    ]
+    for args, kwargs in cases:
+        caught = []
+        for fn in (vae_fused.vae_loss, vae_fused.reference.vae_loss):
+            with pytest.raises(Exception) as info:
+                fn(*args, **kwargs)
+            caught.append(info.value)
+        assert type(caught[0]) is type(caught[1]), (kwargs, caught)
+        assert str(caught[0]) == str(caught[1]), (kwargs, caught)
+
+
+@pytest.mark.parametrize("fn", IMPLEMENTATIONS)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("bad", [1.5, -0.01, 1.0000001, float("nan"), float("inf")])
 @pytest.mark.parametrize("recon", ["bce", "cbce"])
 def test_bce_input_out_of_range_is_pytorchs_error(fn, dtype, bad, recon):
     recon_x, x, mu, logvar = make_inputs((4, 3000), (4, 2), dtype=dtype)
-    recon_x[2, 2999] = bad  # in the last (partial) block of a later chunk
+    recon_x[2, 2999] = bad  # in the last (partial) vector block of a later row
+    if recon_x[2, 2999].item() == 1.0:  # 1.0000001 rounds to 1 in half precision: not out of range
+        return
+    recon_x.requires_grad_()
     _raises_and_leaves_inputs(fn, (recon_x, x, mu, logvar), dict(recon=recon), RuntimeError,
                               "all elements of input should be between 0 and 1")
 
 
 @pytest.mark.parametrize("fn", IMPLEMENTATIONS)
+@pytest.mark.parametrize("reduction", ["sum", "none", "mean"])
+def test_bce_input_out_of_range_without_grad_and_any_reduction(fn, reduction):
+    recon_x, x, mu, logvar = make_inputs((3, 17), (3, 2), dtype=torch.float32)
+    recon_x[0, 0] = -0.5
+    with torch.no_grad():
+        _raises_and_leaves_inputs(fn, (recon_x, x, mu, logvar), dict(reduction=reduction), RuntimeError,
+                                  "all elements of input should be between 0 and 1")
+
+
+@pytest.mark.parametrize("fn", IMPLEMENTATIONS)
 @pytest.mark.parametrize("bad", [2.0, -1.0, float("nan")])
-def test_bce_target_out_of_range_is_pytorchs_error(fn, bad):
-    recon_x, x, mu, logvar = make_inputs((4, 30), (4, 2))
-    x[0, 0] = bad
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
+def test_bce_target_out_of_range_is_pytorchs_error(fn, bad, dtype):
+    recon_x, x, mu, logvar = make_inputs((4, 30), (4, 2), dtype=dtype)
+    x[3, 29] = bad
+    # (PyTorch's own message, for the record)
+    with pytest.raises(RuntimeError, match="all elements of target should be between 0 and 1"):
+        torch.nn.functional.binary_cross_entropy(recon_x, x)
     _raises_and_leaves_inputs(fn, (recon_x, x, mu, logvar), {}, RuntimeError,
                               "all elements of target should be between 0 and 1")
+
+
+def test_pytorch_raises_the_same_input_message():
+    # the message we promise is PyTorch's own
+    p = torch.tensor([[1.5]])
+    with pytest.raises(RuntimeError, match="all elements of input should be between 0 and 1"):
+        torch.nn.functional.binary_cross_entropy(p, torch.tensor([[0.5]]))
 
 
 def test_out_of_range_is_fine_for_logits_and_mse():
     recon_x, x, mu, logvar = make_inputs((4, 30), (4, 2))
     recon_x = recon_x * 10 - 5
+    x = x * 3 - 1  # targets outside [0, 1] too
     for recon in ("bce_logits", "mse"):
         assert torch.isfinite(vae_fused.vae_loss(recon_x, x, mu, logvar, recon=recon))
+
+
+@pytest.mark.parametrize("fn", IMPLEMENTATIONS)
+@pytest.mark.parametrize("reduction", ["sum", "mean", "batchmean", "none"])
+def test_empty_batch_is_not_an_error(fn, reduction):
+    out = fn(*make_inputs((0, 5), (0, 2)), reduction=reduction)
+    assert out.shape == ((0,) if reduction == "none" else ())
+    if reduction == "sum":
+        assert out.item() == 0.0
+    elif reduction != "none":
+        assert torch.isnan(out)  # 0/0 like torch.mean
 
 
 def test_not_a_tensor():
     recon_x, x, mu, logvar = make_inputs()
     with pytest.raises(TypeError, match="x must be a torch.Tensor"):
         vae_fused.vae_loss(recon_x, x.tolist(), mu, logvar)
+    with pytest.raises(TypeError, match="mu"):
+        vae_fused.vae_loss(recon_x, x, mu.numpy(), logvar)
 
 
 def test_raw_op_checks_its_arguments_too():
@@ -117,4 +224,7 @@ def test_raw_op_checks_its_arguments_too():
                                              False, False, False, False)
     with pytest.raises(RuntimeError, match="recon mode"):
         torch.ops.vae_fused.vae_loss_forward(recon_x, x, mu, logvar, 9, 2, 2, 0.0,
+                                             False, False, False, False)
+    with pytest.raises(RuntimeError):
+        torch.ops.vae_fused.vae_loss_forward(recon_x, x, mu, logvar, 0, 7, 2, 0.0,
                                              False, False, False, False)

@@ -1,47 +1,83 @@
 """torch.autograd.gradcheck on every mode and reduction; torch.library.opcheck
-on the op; backward with retain_graph, autograd.grad and upstream gradients."""
+on the op; backward with retain_graph, autograd.grad, upstream gradients
+other than 1, and gradient buffers the caller owns."""
 import pytest
 import torch
 
 import vae_fused
-from conftest import RECON_MODES, REDUCTIONS, grads, make_inputs, oracle_loss
+from conftest import GRAD_TOL, RECON_MODES, REDUCTIONS, grads, leaf, make_inputs, oracle_loss, oracle_terms
 
+# The op schema's codes (csrc/vae_loss.cpp): recon 0 bce, 1 bce_logits, 2 mse,
+# 3 cbce; reduction 0 none, 1 mean, 2 sum, 3 batchmean.
 MODE_CODE = {"bce": 0, "bce_logits": 1, "mse": 2, "cbce": 3}
 REDUCTION_CODE = {"none": 0, "mean": 1, "sum": 2, "batchmean": 3}
 
 
+def _gradcheck_inputs(recon, shape=(3, 7), latent=(3, 2), x_requires_grad=True, seed=0):
+    # p in [0.05, 0.95]: away from BCE's clamp kinks, where finite differences
+    # would straddle a non-differentiable point
+    inputs = make_inputs(shape, latent, recon=recon, lo=0.05, hi=0.95, seed=seed)
+    return [t.requires_grad_(i != 1 or x_requires_grad) for i, t in enumerate(inputs)]
+
+
+@pytest.mark.parametrize("x_requires_grad", [True, False], ids=["x_grad", "x_nograd"])
 @pytest.mark.parametrize("reduction", REDUCTIONS)
 @pytest.mark.parametrize("recon", RECON_MODES)
-def test_gradcheck(recon, reduction):
-    inputs = [t.requires_grad_() for t in make_inputs((3, 7), (3, 2), recon=recon, lo=0.05, hi=0.95)]
+def test_gradcheck(recon, reduction, x_requires_grad):
+    inputs = _gradcheck_inputs(recon, x_requires_grad=x_requires_grad)
     fn = lambda *a: vae_fused.vae_loss(*a, recon=recon, reduction=reduction, beta=0.7)  # noqa: E731
     assert torch.autograd.gradcheck(fn, inputs)
 
 
+@pytest.mark.parametrize("recon", RECON_MODES)
+def test_gradcheck_images_and_terms(recon):
+    # 4-D images, 2-D latents, both outputs of vae_loss_terms with their own upstream weights
+    inputs = _gradcheck_inputs(recon, shape=(2, 3, 2, 3), latent=(2, 2, 2), seed=1)
+
+    def fn(*a):
+        terms = vae_fused.vae_loss_terms(*a, recon=recon, reduction="none", beta=0.3)
+        return terms.recon * 1.5, terms.kl * -0.5, terms.loss
+
+    assert torch.autograd.gradcheck(fn, inputs)
+
+
 @pytest.mark.parametrize("kwargs", [
-    dict(free_bits=0.3, reduction="batchmean"), dict(free_bits=0.3, reduction="sum"),
-    dict(free_bits=0.3, reduction="mean"), dict(reduction="mean", kl_reduction="batchmean"),
-    dict(reduction="none", kl_reduction="sum"),
-])
+    dict(free_bits=0.5, reduction="batchmean"), dict(free_bits=0.5, reduction="sum"),
+    dict(free_bits=0.5, reduction="mean"), dict(reduction="mean", kl_reduction="batchmean"),
+    dict(reduction="none", kl_reduction="sum"), dict(reduction="sum", kl_reduction="mean"),
+    dict(reduction="batchmean", kl_reduction="none"),
+    dict(free_bits=0.5, reduction="none", kl_reduction="batchmean"),
+    dict(free_bits=0.5, reduction="mean", kl_reduction="sum", recon="cbce"),
+    dict(free_bits=0.5, reduction="batchmean", recon="bce_logits"),
+], ids=str)
 def test_gradcheck_kl_options(kwargs):
-    recon_x, x, mu, logvar = make_inputs((4, 6), (4, 3))
-    mu = mu * 0.8  # some units above the floor, some under it, none at it
+    recon_x, x = make_inputs((4, 6), (4, 3), recon=kwargs.get("recon", "bce"), lo=0.05, hi=0.95)[:2]
+    mu, logvar = make_inputs((4, 6), (4, 3))[2:]
+    mu = mu * 0.8  # some units above the 0.5 floor, some under it, none at it
     inputs = [t.requires_grad_() for t in (recon_x, x, mu, logvar)]
+    per_unit = (-0.5 * (1 + logvar - mu ** 2 - logvar.exp())).mean(0)
+    if "free_bits" in kwargs:
+        assert (per_unit < 0.5).any() and (per_unit > 0.5).any()
+        assert ((per_unit - 0.5).abs() > 1e-3).all()
     assert torch.autograd.gradcheck(lambda *a: vae_fused.vae_loss(*a, **kwargs), inputs)
 
 
-def test_gradcheck_cbce_across_the_unit_interval():
-    p = torch.tensor([[0.03, 0.2, 0.45, 0.499, 0.5, 0.501, 0.51, 0.55, 0.74, 0.76, 0.97]],
-                     dtype=torch.float64).requires_grad_()
-    t = torch.rand_like(p).requires_grad_()
-    mu = torch.zeros(1, 1, dtype=torch.float64)
-    logvar = torch.zeros(1, 1, dtype=torch.float64)
-    assert torch.autograd.gradcheck(lambda a, b: vae_fused.vae_loss(a, b, mu, logvar, recon="cbce"), [p, t])
+def test_gradcheck_beta_tensor_and_non_contiguous():
+    recon_x, x, mu, logvar = make_inputs((4, 10), (4, 6), lo=0.05, hi=0.95)
+    base = [t.requires_grad_() for t in (recon_x, x, mu, logvar)]
+    beta = torch.tensor(0.4, dtype=torch.float64, requires_grad=True)
+
+    def fn(r, t, m, lv, b):
+        return vae_fused.vae_loss(r.t().contiguous().t()[:, ::2], t[:, ::2], m[:, 1::2], lv[:, 1::2], beta=b,
+                                  reduction="none")
+
+    assert torch.autograd.gradcheck(fn, base + [beta])
 
 
 def _op_args(recon="bce", reduction="sum", kl_reduction="sum", free_bits=0.0, grads=(True, True, True, True),
-             dtype=torch.float64):
-    inputs = make_inputs((3, 5), (3, 2), recon=recon, dtype=dtype)
+             dtype=torch.float64, shape=(3, 5), latent=(3, 2)):
+    inputs = make_inputs(shape, latent, recon=recon, dtype=dtype)
+    # requires_grad consistent with the grad flags, as vae_loss sets them
     inputs = [t.requires_grad_(g) for t, g in zip(inputs, grads)]
     return (*inputs, MODE_CODE[recon], REDUCTION_CODE[reduction], REDUCTION_CODE[kl_reduction],
             free_bits, *grads)
@@ -55,9 +91,26 @@ def _op_args(recon="bce", reduction="sum", kl_reduction="sum", free_bits=0.0, gr
     _op_args("bce", "sum", "mean", grads=(False, False, False, False)),
     _op_args("bce", "sum", "sum", dtype=torch.float32),
     _op_args("bce", "none", "sum", dtype=torch.bfloat16, grads=(True, False, True, True)),
-], ids=["bce-sum", "logits-none", "mse-mean", "cbce-freebits", "nograd", "float32", "bf16-none"])
+    _op_args("cbce", "mean", "mean", dtype=torch.float16, grads=(True, True, False, False)),
+    _op_args("mse", "batchmean", "none", grads=(False, True, False, True), shape=(3, 2, 2, 2), latent=(3, 2, 2)),
+    _op_args("bce", "sum", "sum", shape=(0, 4), latent=(0, 2)),
+], ids=["bce-sum", "logits-none", "mse-mean", "cbce-freebits", "nograd", "float32", "bf16-none", "fp16-cbce",
+        "mse-4d", "empty"])
 def test_opcheck(args):
     torch.library.opcheck(torch.ops.vae_fused.vae_loss_forward.default, args)
+
+
+def test_op_outputs_follow_the_flags():
+    # the raw op: terms of the right shapes/dtypes, element gradients only where flagged
+    recon_x, x, mu, logvar = make_inputs((3, 5), (3, 2))
+    out = torch.ops.vae_fused.vae_loss_forward(recon_x, x, mu, logvar, 0, 0, 2, 0.0, True, False, False, True)
+    assert len(out) == 6
+    assert out[0].shape == (3,) and out[1].shape == ()
+    assert out[2].shape == recon_x.shape and out[5].shape == logvar.shape
+    assert out[3].numel() == 0 and out[4].numel() == 0
+    e_recon = oracle_terms(recon_x, x, mu, logvar, reduction="none", kl_reduction="sum")[1]
+    torch.testing.assert_close(out[0], e_recon, rtol=1e-12, atol=0)
+    torch.testing.assert_close(out[5], 0.5 * (logvar.exp() - 1), rtol=1e-12, atol=1e-15)
 
 
 @pytest.mark.parametrize("shape,scale_shape,dtype", [
@@ -81,43 +134,119 @@ def test_scaled_backward_keeps_dtypes():
             assert t.grad.dtype == torch.bfloat16 and torch.isfinite(t.grad.float()).all()
 
 
-def test_retain_graph_and_second_backward():
-    inputs = [t.requires_grad_() for t in make_inputs((5, 9), (5, 3))]
-    expected = grads(oracle_loss(*inputs), inputs)
-    loss = vae_fused.vae_loss(*inputs)
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_retain_graph_and_second_backward(reduction):
+    inputs = make_inputs((5, 9), (5, 3), requires_grad=True)
+    expected = grads(oracle_loss(*inputs, reduction=reduction), inputs)
+    loss = vae_fused.vae_loss(*inputs, reduction=reduction).sum()
     loss.backward(retain_graph=True)
     first = [t.grad.clone() for t in inputs]
     loss.backward()
     for t, f, e in zip(inputs, first, expected):
-        torch.testing.assert_close(f, e)
-        torch.testing.assert_close(t.grad, 2 * e)  # accumulated, saved gradients untouched
+        torch.testing.assert_close(f, e, **GRAD_TOL[torch.float64])
+        torch.testing.assert_close(t.grad, 2 * e, **GRAD_TOL[torch.float64])  # accumulated
 
 
-def test_autograd_grad_twice_and_scaled_upstream():
-    inputs = [t.requires_grad_() for t in make_inputs((5, 9), (5, 3))]
+def test_retain_graph_after_grads_are_zeroed_in_place():
+    # an optimizer zeroes .grad in place between the two backward calls; the
+    # saved state of the graph must not be what .grad points to
+    inputs = make_inputs((5, 9), (5, 3), requires_grad=True)
     expected = grads(oracle_loss(*inputs), inputs)
     loss = vae_fused.vae_loss(*inputs)
+    loss.backward(retain_graph=True)
+    for t in inputs:
+        t.grad.zero_()
+    loss.backward()
+    for t, e in zip(inputs, expected):
+        torch.testing.assert_close(t.grad, e, **GRAD_TOL[torch.float64])
+
+
+@pytest.mark.parametrize("reduction", ["sum", "none"])
+def test_autograd_grad_twice_and_scaled_upstream(reduction):
+    inputs = make_inputs((5, 9), (5, 3), requires_grad=True)
+    expected = grads(oracle_loss(*inputs, reduction=reduction), inputs)
+    loss = vae_fused.vae_loss(*inputs, reduction=reduction).sum()
     g1 = torch.autograd.grad(loss, inputs, retain_graph=True)
     g3 = torch.autograd.grad(loss * 3, inputs, retain_graph=True)
-    g1_again = torch.autograd.grad(loss, inputs)
-    for a, b, c, e in zip(g1, g3, g1_again, expected):
-        torch.testing.assert_close(a, e)
-        torch.testing.assert_close(b, 3 * e)
-        torch.testing.assert_close(c, e)
+    g1_again = torch.autograd.grad(loss, inputs, retain_graph=True)
+    gneg = torch.autograd.grad(loss, inputs, grad_outputs=torch.tensor(-0.5, dtype=torch.float64))
+    for a, b, c, d, e in zip(g1, g3, g1_again, gneg, expected):
+        torch.testing.assert_close(a, e, **GRAD_TOL[torch.float64])
+        torch.testing.assert_close(b, 3 * e, **GRAD_TOL[torch.float64])
+        torch.testing.assert_close(c, e, **GRAD_TOL[torch.float64])
+        torch.testing.assert_close(d, -0.5 * e, **GRAD_TOL[torch.float64])
+    assert all(a.data_ptr() != b.data_ptr() for a, b in zip(g1, g3))
 
 
+def test_autograd_grad_results_belong_to_the_caller():
+    """A gradient returned by torch.autograd.grad is the caller's tensor: modifying
+    it in place (gradient clipping, a penalty term) must not disturb a retained
+    graph, as with any PyTorch loss."""
+    inputs = make_inputs((5, 9), (5, 3), requires_grad=True)
+    expected = grads(oracle_loss(*inputs), inputs)
+    loss = vae_fused.vae_loss(*inputs)
+    first = torch.autograd.grad(loss, inputs, retain_graph=True)
+    for g in first:
+        g.mul_(0.5).add_(1.0)
+    second = torch.autograd.grad(loss, inputs)
+    for g, e in zip(second, expected):
+        torch.testing.assert_close(g, e, **GRAD_TOL[torch.float64])
+
+
+def test_gradient_buffers_are_independent_across_calls():
+    # large gradients (which may come from a buffer pool) held across later calls stay intact
+    a = make_inputs((4, 100_000), (4, 8), dtype=torch.float32, seed=1, requires_grad=True)
+    b = make_inputs((4, 100_000), (4, 8), dtype=torch.float32, seed=2, requires_grad=True)
+    ga = torch.autograd.grad(vae_fused.vae_loss(*a), a)
+    snapshot = [g.clone() for g in ga]
+    for _ in range(3):
+        gb = torch.autograd.grad(vae_fused.vae_loss(*b) * 2, b)
+        del gb
+    gb = torch.autograd.grad(vae_fused.vae_loss(*b), b)
+    for g, s in zip(ga, snapshot):
+        assert torch.equal(g, s)
+    ea = [t.detach().double().requires_grad_() for t in a]
+    for g, e in zip(ga, grads(oracle_loss(*ea), ea)):
+        torch.testing.assert_close(g.double(), e, rtol=1e-5, atol=1e-6 * e.abs().max().item())
+    assert all(x.data_ptr() != y.data_ptr() for x, y in zip(ga, gb))
+
+
+@pytest.mark.parametrize("kl_reduction", [None, "sum"])
 @pytest.mark.parametrize("recon", RECON_MODES)
-def test_per_sample_upstream_gradient(recon):
-    inputs = [t.requires_grad_() for t in make_inputs((6, 11), (6, 4), recon=recon)]
-    weights = torch.rand(6, dtype=torch.float64)
-    got = grads(vae_fused.vae_loss(*inputs, reduction="none", recon=recon) * weights, inputs)
-    expected = grads(oracle_loss(*inputs, reduction="none", recon=recon) * weights, inputs)
+def test_per_sample_upstream_gradient(recon, kl_reduction):
+    inputs = make_inputs((6, 11), (6, 4), recon=recon, requires_grad=True)
+    weights = torch.rand(6, dtype=torch.float64, generator=torch.Generator().manual_seed(3)) * 4 - 1
+    kwargs = dict(reduction="none", kl_reduction=kl_reduction, recon=recon, beta=0.8)
+    got = grads(vae_fused.vae_loss(*inputs, **kwargs) * weights, inputs)
+    expected = grads(oracle_loss(*inputs, **kwargs) * weights, inputs)
     for g, e in zip(got, expected):
-        torch.testing.assert_close(g, e, rtol=1e-9, atol=1e-12)
+        torch.testing.assert_close(g, e, **GRAD_TOL[torch.float64])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_upstream_scaling_in_low_precision(dtype):
+    # a non-1 upstream gradient scales in the input's dtype and keeps it
+    inputs = make_inputs((4, 300), (4, 3), dtype=dtype, requires_grad=True)
+    plain = grads(vae_fused.vae_loss(*inputs), inputs)
+    scaled = grads(vae_fused.vae_loss(*inputs) * 0.25, inputs)  # a power of two: exact
+    w = torch.tensor([1.0, 2.0, 0.5, 4.0])
+    per_row = grads(vae_fused.vae_loss(*inputs, reduction="none") * w, inputs)
+    for p, s, r, t in zip(plain, scaled, per_row, inputs):
+        assert s.dtype == dtype and r.dtype == dtype
+        assert torch.equal(s, p * 0.25)
+        assert torch.equal(r, p * w.to(dtype).view(-1, *([1] * (p.dim() - 1))))
 
 
 def test_only_some_inputs_require_grad():
     recon_x, x, mu, logvar = make_inputs((4, 8), (4, 2))
     mu.requires_grad_()
     (g,) = torch.autograd.grad(vae_fused.vae_loss(recon_x, x, mu, logvar, reduction="batchmean"), [mu])
-    torch.testing.assert_close(g, mu.detach() / 4)
+    torch.testing.assert_close(g, mu.detach() / 4, rtol=1e-15, atol=0)
+    # only x (e.g. a learned target): the clamped BCE target derivative
+    x.requires_grad_()
+    (gx,) = torch.autograd.grad(vae_fused.vae_loss(recon_x, x, mu.detach(), logvar, reduction="mean"), [x])
+    torch.testing.assert_close(gx, (torch.log1p(-recon_x) - torch.log(recon_x)) / x.numel(), rtol=1e-12, atol=0)
+    # nothing requires grad: a plain tensor
+    out = vae_fused.vae_loss(recon_x, x.detach(), mu.detach(), logvar)
+    assert not out.requires_grad

@@ -74,12 +74,23 @@ def _setup_context(ctx, inputs, output):
     ctx.input_numels = tuple(t.numel() for t in (recon_x, x, mu, logvar))
 
 
-def _is_exactly_one(grad: torch.Tensor) -> bool:
-    # Free to ask on the CPU in eager mode; never while tracing (fake or
-    # functional tensors have no value) and never on CUDA (a host sync).
+def _graph_is_retained() -> bool:
+    try:
+        return torch._C._autograd._get_current_graph_task_keep_graph()
+    except (AttributeError, RuntimeError):  # unknown: assume it is
+        return True
+
+
+def _can_hand_over_saved(grad: torch.Tensor) -> bool:
+    """Whether backward may return a saved element gradient itself: the
+    upstream gradient is exactly 1, and the graph is freed after this backward
+    (with retain_graph the caller could modify the returned tensor in place and
+    a later backward would read it). Free to ask on the CPU in eager mode;
+    never while tracing (fake or functional tensors have no value) and never on
+    CUDA (a host sync)."""
     if grad.dim() != 0 or grad.device.type != "cpu" or type(grad) is not torch.Tensor:
         return False
-    if torch.compiler.is_compiling():
+    if torch.compiler.is_compiling() or _graph_is_retained():
         return False
     try:
         return bool(grad == 1)
@@ -90,8 +101,8 @@ def _is_exactly_one(grad: torch.Tensor) -> bool:
 def _scaled(element_grad: torch.Tensor, grad_output: torch.Tensor, is_one: bool) -> torch.Tensor:
     """element_grad * grad_output, as a new tensor (the saved one is never
     modified, so retain_graph and torch.autograd.grad stay right); the saved
-    tensor itself when grad_output is exactly 1 on the CPU (autograd then
-    hands it on without a copy when nothing else holds it)."""
+    tensor itself when _can_hand_over_saved said so (autograd then moves it
+    into .grad without a copy)."""
     if grad_output.dim() == 0:
         if is_one:
             return element_grad
@@ -102,8 +113,8 @@ def _scaled(element_grad: torch.Tensor, grad_output: torch.Tensor, is_one: bool)
 
 def _backward(ctx, grad_recon, grad_kl, *_unused_element_grad_grads):
     saved = ctx.saved_tensors
-    recon_is_one = grad_recon is not None and _is_exactly_one(grad_recon)
-    kl_is_one = grad_kl is not None and _is_exactly_one(grad_kl)
+    recon_is_one = grad_recon is not None and _can_hand_over_saved(grad_recon)
+    kl_is_one = grad_kl is not None and _can_hand_over_saved(grad_kl)
     upstream = ((grad_recon, recon_is_one), (grad_recon, recon_is_one), (grad_kl, kl_is_one), (grad_kl, kl_is_one))
     outputs = []
     for i, (element_grad, (grad_output, is_one)) in enumerate(zip(saved, upstream)):
