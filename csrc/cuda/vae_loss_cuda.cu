@@ -219,8 +219,9 @@ vae_loss_forward_kernel(Term<TA, TB> recon, Term<TM, TM> kl, Outputs out) {
   // classic deterministic two-stage reduction in one launch).
   __threadfence();
   if (threadIdx.x == 0) {
-    const unsigned int ticket = atomicAdd(out.ticket, 1u);
-    is_last = (ticket == gridDim.x - 1);
+    unsigned int* const counter = out.ticket;  // an integer: the only atomic here
+    const unsigned int arrived = atomicAdd(counter, 1u);
+    is_last = (arrived == gridDim.x - 1);
   }
   __syncthreads();
   if (!is_last) return;
