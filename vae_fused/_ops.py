@@ -98,13 +98,13 @@ def _can_hand_over_saved(grad: torch.Tensor) -> bool:
         return False
 
 
-def _scaled(element_grad: torch.Tensor, grad_output: torch.Tensor, is_one: bool) -> torch.Tensor:
+def _scaled(element_grad: torch.Tensor, grad_output: torch.Tensor, hand_over: bool) -> torch.Tensor:
     """element_grad * grad_output, as a new tensor (the saved one is never
     modified, so retain_graph and torch.autograd.grad stay right); the saved
     tensor itself when _can_hand_over_saved said so (autograd then moves it
     into .grad without a copy)."""
     if grad_output.dim() == 0:
-        if is_one:
+        if hand_over:
             return element_grad
         return _scale_op(element_grad, grad_output)
     # reduction "none": one factor per sample
@@ -113,11 +113,12 @@ def _scaled(element_grad: torch.Tensor, grad_output: torch.Tensor, is_one: bool)
 
 def _backward(ctx, grad_recon, grad_kl, *_unused_element_grad_grads):
     saved = ctx.saved_tensors
-    recon_is_one = grad_recon is not None and _can_hand_over_saved(grad_recon)
-    kl_is_one = grad_kl is not None and _can_hand_over_saved(grad_kl)
-    upstream = ((grad_recon, recon_is_one), (grad_recon, recon_is_one), (grad_kl, kl_is_one), (grad_kl, kl_is_one))
+    recon_hand_over = grad_recon is not None and _can_hand_over_saved(grad_recon)
+    kl_hand_over = grad_kl is not None and _can_hand_over_saved(grad_kl)
+    upstream = ((grad_recon, recon_hand_over), (grad_recon, recon_hand_over),
+                (grad_kl, kl_hand_over), (grad_kl, kl_hand_over))
     outputs = []
-    for i, (element_grad, (grad_output, is_one)) in enumerate(zip(saved, upstream)):
+    for i, (element_grad, (grad_output, hand_over)) in enumerate(zip(saved, upstream)):
         if not ctx.needs_input_grad[i] or grad_output is None:
             outputs.append(None)
         elif element_grad.numel() != ctx.input_numels[i]:
@@ -130,7 +131,7 @@ def _backward(ctx, grad_recon, grad_kl, *_unused_element_grad_grads):
                 "call vae_fused.vae_loss (which sets the flags) instead of the raw op"
             )
         else:
-            outputs.append(_scaled(element_grad, grad_output, is_one))
+            outputs.append(_scaled(element_grad, grad_output, hand_over))
     return tuple(outputs) + (None,) * 8
 
 
