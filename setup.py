@@ -5,6 +5,9 @@ kernels.
 Environment:
   VAE_FUSED_CUDA=0|1      force the CUDA build off / on (default: on when this
                           torch has CUDA and nvcc is found via CUDA_HOME)
+  VAE_FUSED_SANITIZE=1    build the C++ code with -fsanitize=address,undefined
+                          (for the sanitizer stage of .ci/run; run it with
+                          libasan and libstdc++ preloaded)
   TORCH_CUDA_ARCH_LIST    CUDA archs (default "8.0;8.6;8.9;9.0+PTX")
   MAX_JOBS                parallel compile jobs (ninja)
 
@@ -32,9 +35,12 @@ except ImportError:  # pragma: no cover - the message is the point
 ROOT = Path(__file__).parent.resolve()
 CSRC = ROOT / "csrc"
 
-# The CPU kernel file and the flags of each build of it. ATen uses the same
-# instruction sets and defines; the dispatcher in vae_loss_cpu.cpp picks one.
-ISA_KERNEL = "csrc/cpu/row_loss_kernels.cpp"
+# Sources in csrc/cpu/isa/ are compiled once per instruction set, with that
+# set's flags (ATen uses the same sets and defines); the CPU op picks one build
+# at run time. Everything else in csrc/ and csrc/cpu/ is compiled once with
+# baseline flags.
+ISA_SOURCES = sorted(str(p.relative_to(ROOT)) for p in (CSRC / "cpu" / "isa").glob("*.cpp"))
+BASE_SOURCES = sorted(str(p.relative_to(ROOT)) for p in [*CSRC.glob("*.cpp"), *(CSRC / "cpu").glob("*.cpp")])
 ISA_FLAGS = {"DEFAULT": []}
 if platform.machine().lower() in ("x86_64", "amd64"):
     ISA_FLAGS["AVX2"] = ["-mavx2", "-mfma", "-mf16c"]
@@ -44,6 +50,10 @@ if platform.machine().lower() in ("x86_64", "amd64"):
 # from ATen's vec headers and gcc's AVX-512 intrinsics headers, not ours.
 CXX_FLAGS = ["-O3", "-std=c++20", "-fPIC", "-Wall", "-Wno-unused-function",
              "-Wno-unknown-pragmas", "-Wno-maybe-uninitialized"]
+SANITIZE = os.environ.get("VAE_FUSED_SANITIZE") == "1"
+SANITIZER_FLAGS = ["-fsanitize=address,undefined", "-fno-omit-frame-pointer", "-fno-sanitize-recover=undefined", "-g"]
+if SANITIZE:
+    CXX_FLAGS = [f for f in CXX_FLAGS if f != "-O3"] + ["-O1"] + SANITIZER_FLAGS
 
 
 def find_cuda_home():
@@ -91,14 +101,14 @@ class BuildWithIsaKernels(cpp_extension.BuildExtension):
         build_temp = Path(self.build_temp)
 
         def compile_isa(item):
-            isa, flags = item
+            (isa, flags), source = item
             out_dir = build_temp / f"isa_{isa}"
-            obj = out_dir / (Path(ISA_KERNEL).with_suffix(".o"))
-            deps = list(CSRC.rglob("*.h")) + [ROOT / ISA_KERNEL, Path(__file__)]
+            obj = out_dir / (Path(source).with_suffix(".o"))
+            deps = list(CSRC.rglob("*.h")) + [ROOT / source, Path(__file__)]
             if obj.exists() and obj.stat().st_mtime > max(d.stat().st_mtime for d in deps):
                 return str(obj)
             objs = self.compiler.compile(
-                [ISA_KERNEL],
+                [source],
                 output_dir=str(out_dir),
                 macros=[("CPU_CAPABILITY", isa), (f"CPU_CAPABILITY_{isa}", None)],
                 include_dirs=include_dirs,
@@ -108,7 +118,8 @@ class BuildWithIsaKernels(cpp_extension.BuildExtension):
 
         jobs = int(os.environ.get("MAX_JOBS", os.cpu_count() or 1))
         with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
-            isa_objects = list(pool.map(compile_isa, ISA_FLAGS.items()))
+            work = [(item, source) for item in ISA_FLAGS.items() for source in ISA_SOURCES]
+            isa_objects = list(pool.map(compile_isa, work))
         for ext in self.extensions:
             # The DEFAULT build links first, so where the linker has to pick one
             # copy of an inline function from a header it picks the baseline one.
@@ -129,23 +140,23 @@ def write_build_info(with_cuda: bool):
 
 
 def make_extension():
-    sources = ["csrc/vae_loss.cpp", "csrc/cpu/vae_loss_cpu.cpp", "csrc/cpu/gradient_pool.cpp"]
+    sources = list(BASE_SOURCES)
     macros = [(f"VAE_FUSED_HAVE_{isa}", None) for isa in ISA_FLAGS if isa != "DEFAULT"]
     cxx = CXX_FLAGS
+    link = SANITIZER_FLAGS if SANITIZE else []
     with_cuda = want_cuda()
     write_build_info(with_cuda)
     if with_cuda:
         os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;8.6;8.9;9.0+PTX")
         sources += sorted(str(p.relative_to(ROOT)) for p in (CSRC / "cuda").glob("*.cu"))
-        macros.append(("VAE_FUSED_WITH_CUDA", None))
         nvcc = ["-O3", "-std=c++20", "--threads", "2", "-lineinfo"]
         return cpp_extension.CUDAExtension(
             "vae_fused._C", sources, define_macros=macros, include_dirs=[str(CSRC)],
-            extra_compile_args={"cxx": cxx, "nvcc": nvcc},
+            extra_compile_args={"cxx": cxx, "nvcc": nvcc}, extra_link_args=link,
         )
     return cpp_extension.CppExtension(
         "vae_fused._C", sources, define_macros=macros, include_dirs=[str(CSRC)],
-        extra_compile_args={"cxx": cxx},
+        extra_compile_args={"cxx": cxx}, extra_link_args=link,
     )
 
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import vae_fused
-from conftest import (GRAD_TOL, LOW_PRECISION, TOL, check_low_precision, grads, leaf, make_inputs,
+from .helpers import (GRAD_TOL, LOW_PRECISION, TOL, check_low_precision, grads, leaf, make_inputs,
                       oracle_loss)
 
 

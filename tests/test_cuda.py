@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 import vae_fused
-from conftest import (GRAD_TOL, LOW_PRECISION, RECON_MODES, REDUCTIONS, TOL, check_low_precision, grads,
+from .helpers import (GRAD_TOL, LOW_PRECISION, RECON_MODES, REDUCTIONS, TOL, check_low_precision, grads,
                       make_inputs, oracle_loss)
 
 needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")

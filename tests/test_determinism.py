@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 import vae_fused
-from conftest import RECON_MODES, grads, make_inputs, oracle_loss
+from .helpers import RECON_MODES, grads, make_inputs, oracle_loss
 
 ORDER = ["DEFAULT", "AVX2", "AVX512"]
 

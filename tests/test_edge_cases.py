@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 import vae_fused
-from conftest import DEVICE_PARAMS, zero_latents
+from .helpers import DEVICE_PARAMS, zero_latents
 
 GRID = [(p, t) for p in (0.0, 1.0) for t in (0.0, 1.0, 0.3)]
 

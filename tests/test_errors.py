@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import vae_fused
-from conftest import make_inputs
+from .helpers import make_inputs
 
 IMPLEMENTATIONS = [pytest.param(vae_fused.vae_loss, id="fused"),
                    pytest.param(vae_fused.reference.vae_loss, id="reference")]

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import vae_fused
-from conftest import GRAD_TOL, RECON_MODES, REDUCTIONS, grads, leaf, make_inputs, oracle_loss, oracle_terms
+from .helpers import GRAD_TOL, RECON_MODES, REDUCTIONS, grads, leaf, make_inputs, oracle_loss, oracle_terms
 
 # The op schema's codes (csrc/vae_loss.cpp): recon 0 bce, 1 bce_logits, 2 mse,
 # 3 cbce; reduction 0 none, 1 mean, 2 sum, 3 batchmean.

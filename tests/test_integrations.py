@@ -10,7 +10,7 @@ import torch.multiprocessing as mp
 from torch import nn
 
 import vae_fused
-from conftest import GRAD_TOL, TOL, grads, make_inputs, oracle_loss
+from .helpers import GRAD_TOL, TOL, grads, make_inputs, oracle_loss
 
 
 class TinyVAE(nn.Module):

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 import vae_fused
-from conftest import (DEVICE_PARAMS, GRAD_TOL, REDUCTIONS, TOL, cb_log_norm_grad_scalar, cb_log_norm_scalar,
+from .helpers import (DEVICE_PARAMS, GRAD_TOL, REDUCTIONS, TOL, cb_log_norm_grad_scalar, cb_log_norm_scalar,
                       grads, make_inputs, oracle_loss, reduce_as, zero_latents)
 
 

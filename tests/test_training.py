@@ -8,7 +8,7 @@ from torch import nn
 from torch.nn import functional as F
 
 import vae_fused
-from conftest import examples_loss
+from .helpers import examples_loss
 
 
 class VAE(nn.Module):

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 import vae_fused
-from conftest import (DEVICE_PARAMS, GRAD_TOL, LOW_PRECISION, RECON_MODES, REDUCTIONS, TOL,
+from .helpers import (DEVICE_PARAMS, GRAD_TOL, LOW_PRECISION, RECON_MODES, REDUCTIONS, TOL,
                       check_low_precision, examples_loss, grads, leaf, make_inputs, oracle_loss,
                       oracle_terms)
 

@@ -20,9 +20,9 @@
 #include <atomic>
 #include <type_traits>
 
-#include "../element_math.h"
-#include "../vae_loss_modes.h"
-#include "row_loss_kernels.h"
+#include "../../element_math.h"
+#include "../../vae_loss_modes.h"
+#include "../row_loss_kernels.h"
 
 #ifndef CPU_CAPABILITY
 #error "row_loss_kernels.cpp must be compiled with -DCPU_CAPABILITY=<ISA> (see setup.py)"
