@@ -1,10 +1,11 @@
 // The per-element rules of the VAE loss, written once for every kernel.
 //
 // Every function is a template over V, the "lane" type: a scalar float/double
-// (CUDA threads, scalar tails) or an at::vec::Vectorized<float/double> (the CPU
-// kernels, which include ATen's vec headers and define VAE_FUSED_VECTORIZED
-// before this header). The few primitives they need (log, exp, max, ...) are
-// overloaded below for both, so a rule is one piece of code for CPU and GPU.
+// (CUDA threads, scalar code) or an at::vec::Vectorized<float/double> (the CPU
+// kernels). The few primitives the rules need (log, exp, max, select, ...)
+// are defined below for scalars; csrc/cpu/vec_primitives.h overloads them for
+// at::vec lanes and must be included before this header. So a rule is one
+// piece of code for CPU and GPU, and this file holds math only.
 //
 // Each rule returns the element value and its derivatives side by side; a
 // caller that does not need a derivative simply does not store it (the
@@ -14,7 +15,7 @@
 #include <cmath>
 #include <limits>
 
-#include "vae_loss_modes.h"
+#include "codes.h"
 
 #if defined(__CUDACC__)
 #define VAE_FUSED_HD __host__ __device__ __forceinline__
@@ -66,98 +67,6 @@ template <typename S>
 VAE_FUSED_HD S vselect(bool c, S a, S b) { return c ? a : b; }
 template <typename S>
 VAE_FUSED_HD bool vless(S a, S b) { return a < b; }
-
-#if defined(VAE_FUSED_VECTORIZED)
-// Primitives, vectorized (at::vec; lanes of Vectorized<float> or <double>).
-// at::vec::maximum propagates NaN like the scalar vmax above.
-template <typename S>
-inline at::vec::Vectorized<S> vmax(const at::vec::Vectorized<S>& a,
-                                   const at::vec::Vectorized<S>& b) {
-  return at::vec::maximum(a, b);
-}
-template <typename S>
-inline at::vec::Vectorized<S> vmin(const at::vec::Vectorized<S>& a,
-                                   const at::vec::Vectorized<S>& b) {
-  return at::vec::minimum(a, b);
-}
-template <typename S>
-inline at::vec::Vectorized<S> vlog(const at::vec::Vectorized<S>& a) { return a.log(); }
-// float lanes: at::vec's log is sleef's 1-ulp routine; the loss needs two
-// logs per element and is bound by them, so a cheaper log pays directly.
-// AVX-512: exponent and mantissa from getexp/getmant (mantissa in [0.75, 1.5),
-// so f = m - 1 is small and exact), then log1p(f) = f + f^2 r(f) with r a
-// degree-7 least-squares fit on [-0.25, 0.5) (max error 1.1e-7 relative, i.e.
-// about one float ulp; special values as std::log: 0 -> -inf, x < 0 -> NaN,
-// NaN -> NaN). AVX2: sleef's 3.5-ulp log. Over (0, 1) both stay within 2.6e-7
-// of the float64 log, and a 4M-element float32 loss within 2e-8 of float64.
-#if defined(CPU_CAPABILITY_AVX512)
-inline at::vec::Vectorized<float> vlog(const at::vec::Vectorized<float>& a) {
-  const __m512 x = a;
-  const __m512 one = _mm512_set1_ps(1.0f);
-  const __m512 m = _mm512_getmant_ps(x, _MM_MANT_NORM_p75_1p5, _MM_MANT_SIGN_zero);
-  __m512 e = _mm512_getexp_ps(x);
-  // getmant folds mantissas in [1.5, 2) down to [0.75, 1): one more in the exponent.
-  e = _mm512_mask_add_ps(e, _mm512_cmp_ps_mask(m, one, _CMP_LT_OQ), e, one);
-  const __m512 f = _mm512_sub_ps(m, one);
-  __m512 r = _mm512_set1_ps(0.052685316652059555f);
-  r = _mm512_fmadd_ps(r, f, _mm512_set1_ps(-0.11928088217973709f));
-  r = _mm512_fmadd_ps(r, f, _mm512_set1_ps(0.14967049658298492f));
-  r = _mm512_fmadd_ps(r, f, _mm512_set1_ps(-0.16838450729846954f));
-  r = _mm512_fmadd_ps(r, f, _mm512_set1_ps(0.19979919493198395f));
-  r = _mm512_fmadd_ps(r, f, _mm512_set1_ps(-0.24992845952510834f));
-  r = _mm512_fmadd_ps(r, f, _mm512_set1_ps(0.33333471417427063f));
-  r = _mm512_fmadd_ps(r, f, _mm512_set1_ps(-0.5000007152557373f));
-  const __m512 log1p_f = _mm512_fmadd_ps(_mm512_mul_ps(f, f), r, f);
-  // e * ln 2 in two parts (ln2_hi has few bits, so e * ln2_hi is exact).
-  __m512 result = _mm512_fmadd_ps(e, _mm512_set1_ps(1.428606765330187e-06f), log1p_f);
-  result = _mm512_fmadd_ps(e, _mm512_set1_ps(0.693145751953125f), result);
-  // log of a negative number is NaN (getmant above used |x|); -0 stays -inf.
-  const __mmask16 negative = _mm512_cmp_ps_mask(x, _mm512_setzero_ps(), _CMP_LT_OQ);
-  return _mm512_mask_mov_ps(result, negative, _mm512_set1_ps(std::numeric_limits<float>::quiet_NaN()));
-}
-#elif defined(CPU_CAPABILITY_AVX2)
-inline at::vec::Vectorized<float> vlog(const at::vec::Vectorized<float>& a) {
-  return Sleef_logf8_u35(a);
-}
-#endif
-template <typename S>
-inline at::vec::Vectorized<S> vlog1p(const at::vec::Vectorized<S>& a) { return a.log1p(); }
-template <typename S>
-inline at::vec::Vectorized<S> vexp(const at::vec::Vectorized<S>& a) { return a.exp(); }
-template <typename S>
-inline at::vec::Vectorized<S> vabs(const at::vec::Vectorized<S>& a) { return a.abs(); }
-template <typename S>
-inline at::vec::Vectorized<S> vdiv(const at::vec::Vectorized<S>& n, const at::vec::Vectorized<S>& d) {
-  return n / d;
-}
-#if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
-// The estimate (14 bits on AVX-512, 12 on AVX2) refined by one Newton step,
-// r' = r (2 - d r): about 24 bits, n / d within an ulp or so of IEEE.
-inline at::vec::Vectorized<float> vdiv(const at::vec::Vectorized<float>& n,
-                                       const at::vec::Vectorized<float>& d) {
-  using Vec = at::vec::Vectorized<float>;
-#if defined(CPU_CAPABILITY_AVX512)
-  const Vec r = _mm512_rcp14_ps(d);
-#else
-  const Vec r = _mm256_rcp_ps(d);
-#endif
-  const Vec refined = r * at::vec::fmsub(Vec(0.0f) - d, r, Vec(-2.0f));
-  return n * refined;
-}
-#endif
-// Comparisons on Vectorized return an all-ones/all-zeros lane mask.
-template <typename S>
-inline at::vec::Vectorized<S> vless(const at::vec::Vectorized<S>& a,
-                                    const at::vec::Vectorized<S>& b) {
-  return a < b;
-}
-template <typename S>
-inline at::vec::Vectorized<S> vselect(const at::vec::Vectorized<S>& mask,
-                                      const at::vec::Vectorized<S>& a,
-                                      const at::vec::Vectorized<S>& b) {
-  return at::vec::Vectorized<S>::blendv(b, a, mask);
-}
-#endif
 
 // ---------------------------------------------------------------------------
 // Reconstruction rules. p: the model output (a probability, or a logit z for
@@ -214,6 +123,16 @@ VAE_FUSED_HD void mse_value_and_grad(V p, V t, V& loss, V& d_input, V& d_target)
   loss = diff * diff;
   d_input = V(2) * diff;
   d_target = V(0) - d_input;
+}
+
+// Absolute error, as F.l1_loss: d/dp = sign(p - t), 0 at a tie (and NaN for NaN).
+template <typename V>
+VAE_FUSED_HD void l1_value_and_grad(V p, V t, V& loss, V& d_input, V& d_target) {
+  const V zero(0), one(1);
+  const V diff = p - t;
+  loss = vabs(diff);
+  d_input = vselect(vless(zero, diff), one, vselect(vless(diff, zero), zero - one, diff * zero));
+  d_target = zero - d_input;
 }
 
 // Continuous Bernoulli (Loaiza-Ganem & Cunningham 2019): BCE(p, t) - log C(p)
@@ -287,15 +206,46 @@ VAE_FUSED_HD void recon_value_and_grad(V p, V t, V& loss, V& d_input, V& d_targe
     bce_logits_value_and_grad(p, t, loss, d_input, d_target);
   } else if constexpr (kMode == kMse) {
     mse_value_and_grad(p, t, loss, d_input, d_target);
+  } else if constexpr (kMode == kL1) {
+    l1_value_and_grad(p, t, loss, d_input, d_target);
   } else {
     static_assert(kMode == kCbce, "unknown recon mode");
     cbce_value_and_grad(p, t, loss, d_input, d_target, CbceWindow<S>::value);
   }
 }
 
-// Modes whose inputs are probabilities: PyTorch rejects a recon_x or target
-// outside [0, 1] (NaN included) for them.
-constexpr bool takes_probabilities(int mode) { return mode == kBce || mode == kCbce; }
+// BCE on binary targets: where t is exactly 0 or 1 the loss needs one log,
+// -max(log(t ? p : 1 - p), -100), the same value bce_value_and_grad gives
+// (its other product is an exact zero). `t_is_one` is the comparison t == 1.
+template <typename V, typename M>
+VAE_FUSED_HD void bce_binary_target_value_and_grad(V p, V t, M t_is_one, V& loss, V& d_input) {
+  const V one(1);
+  const V u = one - p;
+  // log1m's rounding correction, kept only where the log is of 1 - p.
+  const V correction = vselect(t_is_one, V(0), ((one - u) - p) * (V(2) - u));
+  const V log_q = vmax(vlog(vselect(t_is_one, p, u)) + correction, V(kLogClamp));
+  loss = V(0) - log_q;
+  d_input = vdiv(p - t, vmax(u * p, V(kBceGradEps)));
+}
+
+// The likelihood options of latent-diffusion autoencoders and calibrated
+// decoders around an element loss l (any recon mode):
+//   l' = wh * ((l + o) e^-s + s),   wh = w * (1/2 for "mse" with s, else 1),
+// with offset o, learned log-scale s and weight w (absent: o = 0, w = 1; no s:
+// e^-s = 1 and s = 0, so l' = w (l + o)). Returns l', the factor that
+// multiplies l's own derivatives (which is also dl'/do), and dl'/ds.
+template <typename V>
+VAE_FUSED_HD void likelihood_value_and_grad(V loss, V offset, V log_scale, V inv_scale,
+                                            V weight_half, V& value, V& d_loss, V& d_log_scale) {
+  const V scaled = (loss + offset) * inv_scale;
+  value = weight_half * (scaled + log_scale);
+  d_loss = weight_half * inv_scale;
+  d_log_scale = weight_half * (V(1) - scaled);
+}
+// The 1/2 of the Gaussian NLL: F.gaussian_nll_loss = 0.5 (log var + (p - t)^2 / var).
+constexpr double likelihood_half(int mode, bool has_log_scale) {
+  return (mode == kMse && has_log_scale) ? 0.5 : 1.0;
+}
 
 // ---------------------------------------------------------------------------
 // KL(N(mu, exp(logvar)) || N(0, 1)) per latent unit:
@@ -307,6 +257,27 @@ VAE_FUSED_HD void kl_value_and_grad(V mu, V logvar, V& kl, V& d_mu, V& d_logvar)
   kl = -half * (one + logvar - mu * mu - var);
   d_mu = mu;
   d_logvar = half * (var - one);
+}
+
+// KL(N(mu, e^logvar) || N(m, e^v)) per unit against a prior with mean m and
+// log-variance v (VDVAE / NVAE per-layer KL, torch.distributions' formula):
+//   0.5 (v - logvar + (e^logvar + (mu - m)^2) e^-v - 1)
+// d/dmu = (mu - m) e^-v = -d/dm,  d/dlogvar = 0.5 (e^(logvar - v) - 1),
+// d/dv = 0.5 (1 - (e^logvar + (mu - m)^2) e^-v).
+template <typename V>
+VAE_FUSED_HD void kl_prior_value_and_grad(V mu, V logvar, V prior_mu, V prior_logvar, V& kl,
+                                          V& d_mu, V& d_logvar, V& d_prior_mu,
+                                          V& d_prior_logvar) {
+  const V zero(0), one(1), half(0.5);
+  const V inv_prior_var = vexp(zero - prior_logvar);
+  const V diff = mu - prior_mu;
+  const V var_ratio = vexp(logvar - prior_logvar);
+  const V spread = var_ratio + diff * diff * inv_prior_var;
+  kl = half * (prior_logvar - logvar + spread - one);
+  d_mu = diff * inv_prior_var;
+  d_prior_mu = zero - d_mu;
+  d_logvar = half * (var_ratio - one);
+  d_prior_logvar = half * (one - spread);
 }
 
 }  // namespace VAE_FUSED_ISA_NAMESPACE

@@ -131,7 +131,7 @@ def test_fused_and_reference_raise_the_same():
     cases = [
         ((inputs[0], inputs[1][:, :3], *inputs[2:]), {}),
         (tuple(inputs), dict(reduction="avg")),
-        (tuple(inputs), dict(recon="l1")),
+        (tuple(inputs), dict(recon="laplace")),
         (tuple(inputs), dict(beta=-2.0)),
         (tuple(inputs), dict(free_bits=0.2, reduction="none")),
         ((inputs[0].long(), *inputs[1:]), {}),
@@ -219,12 +219,14 @@ def test_not_a_tensor():
 
 def test_raw_op_checks_its_arguments_too():
     recon_x, x, mu, logvar = make_inputs((4, 10), (4, 3))
-    with pytest.raises(RuntimeError, match="same shape"):
-        torch.ops.vae_fused.vae_loss_forward(recon_x, x[:, :5], mu, logvar, 0, 2, 2, 0.0,
-                                             False, False, False, False)
-    with pytest.raises(RuntimeError, match="recon mode"):
-        torch.ops.vae_fused.vae_loss_forward(recon_x, x, mu, logvar, 9, 2, 2, 0.0,
-                                             False, False, False, False)
-    with pytest.raises(RuntimeError):
-        torch.ops.vae_fused.vae_loss_forward(recon_x, x, mu, logvar, 0, 7, 2, 0.0,
-                                             False, False, False, False)
+    none5 = (None,) * 5
+    with pytest.raises(ValueError, match="same shape"):
+        torch.ops.vae_fused.vae_loss(recon_x, x[:, :5], mu, logvar, *none5, 0, 2, 2, 0.0)
+    with pytest.raises(ValueError, match="recon mode"):
+        torch.ops.vae_fused.vae_loss(recon_x, x, mu, logvar, *none5, 9, 2, 2, 0.0)
+    with pytest.raises(ValueError, match="reduction"):
+        torch.ops.vae_fused.vae_loss(recon_x, x, mu, logvar, *none5, 0, 7, 2, 0.0)
+    with pytest.raises(ValueError, match="same shape"):
+        torch.ops.vae_fused.vae_loss_forward(recon_x, x[:, :5], mu, logvar, *none5, 0, 2, 2, 0.0, 0)
+    with pytest.raises(TypeError, match="converted"):  # the kernels' op takes converted dtypes only
+        torch.ops.vae_fused.vae_loss_forward(recon_x, x.float(), mu, logvar, *none5, 0, 2, 2, 0.0, 0)

@@ -7,10 +7,9 @@ import torch
 import vae_fused
 from .helpers import GRAD_TOL, RECON_MODES, REDUCTIONS, grads, leaf, make_inputs, oracle_loss, oracle_terms
 
-# The op schema's codes (csrc/vae_loss.cpp): recon 0 bce, 1 bce_logits, 2 mse,
-# 3 cbce; reduction 0 none, 1 mean, 2 sum, 3 batchmean.
-MODE_CODE = {"bce": 0, "bce_logits": 1, "mse": 2, "cbce": 3}
-REDUCTION_CODE = {"none": 0, "mean": 1, "sum": 2, "batchmean": 3}
+# The op schema's codes, from their one Python home (tests/test_codes.py checks
+# each against the C++ side).
+from vae_fused._ops import RECON_MODES as RECON_CODES, REDUCTIONS as REDUCTION_CODES  # noqa: E402
 
 
 def _gradcheck_inputs(recon, shape=(3, 7), latent=(3, 2), x_requires_grad=True, seed=0):
@@ -75,54 +74,88 @@ def test_gradcheck_beta_tensor_and_non_contiguous():
 
 
 def _op_args(recon="bce", reduction="sum", kl_reduction="sum", free_bits=0.0, grads=(True, True, True, True),
-             dtype=torch.float64, shape=(3, 5), latent=(3, 2)):
+             dtype=torch.float64, shape=(3, 5), latent=(3, 2), extras=None):
+    """Arguments of the public op vae_fused::vae_loss (schema order)."""
     inputs = make_inputs(shape, latent, recon=recon, dtype=dtype)
-    # requires_grad consistent with the grad flags, as vae_loss sets them
     inputs = [t.requires_grad_(g) for t, g in zip(inputs, grads)]
-    return (*inputs, MODE_CODE[recon], REDUCTION_CODE[reduction], REDUCTION_CODE[kl_reduction],
-            free_bits, *grads)
+    extras = extras or {}
+    optional = [extras.get(name) for name in ("prior_mu", "prior_logvar", "recon_logvar", "recon_offset", "weight")]
+    return (*inputs, *optional, RECON_CODES[recon], REDUCTION_CODES[reduction], REDUCTION_CODES[kl_reduction], free_bits)
 
 
-@pytest.mark.parametrize("args", [
-    _op_args(),
-    _op_args("bce_logits", "none", "none"),
-    _op_args("mse", "mean", "batchmean", grads=(True, False, True, False)),
-    _op_args("cbce", "batchmean", "batchmean", free_bits=0.2),
-    _op_args("bce", "sum", "mean", grads=(False, False, False, False)),
-    _op_args("bce", "sum", "sum", dtype=torch.float32),
-    _op_args("bce", "none", "sum", dtype=torch.bfloat16, grads=(True, False, True, True)),
-    _op_args("cbce", "mean", "mean", dtype=torch.float16, grads=(True, True, False, False)),
-    _op_args("mse", "batchmean", "none", grads=(False, True, False, True), shape=(3, 2, 2, 2), latent=(3, 2, 2)),
-    _op_args("bce", "sum", "sum", shape=(0, 4), latent=(0, 2)),
-], ids=["bce-sum", "logits-none", "mse-mean", "cbce-freebits", "nograd", "float32", "bf16-none", "fp16-cbce",
-        "mse-4d", "empty"])
+def _learned(shape, value=0.1):
+    return torch.full(shape, value, dtype=torch.float64, requires_grad=True)
+
+
+OP_CASES = {
+    "bce-sum": _op_args(),
+    "logits-none": _op_args("bce_logits", "none", "none"),
+    "mse-mean": _op_args("mse", "mean", "batchmean", grads=(True, False, True, False)),
+    "cbce-freebits": _op_args("cbce", "batchmean", "batchmean", free_bits=0.2),
+    "nograd": _op_args("bce", "sum", "mean", grads=(False, False, False, False)),
+    "float32": _op_args("bce", "sum", "sum", dtype=torch.float32),
+    "bf16-none": _op_args("bce", "none", "sum", dtype=torch.bfloat16, grads=(True, False, True, True)),
+    "fp16-cbce": _op_args("cbce", "mean", "mean", dtype=torch.float16, grads=(True, True, False, False)),
+    "mse-4d": _op_args("mse", "batchmean", "none", grads=(False, True, False, True), shape=(3, 2, 2, 2),
+                       latent=(3, 2, 2)),
+    "empty": _op_args("bce", "sum", "sum", shape=(0, 4), latent=(0, 2)),
+    "l1-latent-diffusion": _op_args("l1", "batchmean", "batchmean", shape=(3, 2, 2, 2), latent=(3, 2), extras=dict(
+        recon_logvar=_learned(()), recon_offset=_learned((3, 1, 1, 1)), weight=torch.rand(3, 2, 2, 2, dtype=torch.float64))),
+    "mse-per-channel-scale": _op_args("mse", "none", "sum", shape=(3, 2, 2, 2), latent=(3, 2), extras=dict(
+        recon_logvar=_learned((1, 2, 1, 1)), recon_offset=_learned((3, 2, 2, 2)))),
+    "learned-prior": _op_args("bce", "mean", "mean", extras=dict(prior_mu=_learned((1, 2)), prior_logvar=_learned((3, 2)))),
+    "prior-free-bits": _op_args("mse", "sum", "sum", free_bits=0.1, extras=dict(prior_mu=_learned(()),
+                                                                               prior_logvar=_learned((1, 2)))),
+}
+
+
+@pytest.mark.parametrize("args", OP_CASES.values(), ids=OP_CASES.keys())
 def test_opcheck(args):
-    torch.library.opcheck(torch.ops.vae_fused.vae_loss_forward.default, args)
+    torch.library.opcheck(torch.ops.vae_fused.vae_loss.default, args)
 
 
-def test_op_outputs_follow_the_flags():
-    # the raw op: terms of the right shapes/dtypes, element gradients only where flagged
+@pytest.mark.parametrize("args", [OP_CASES["bce-sum"], OP_CASES["l1-latent-diffusion"], OP_CASES["learned-prior"]],
+                         ids=["bce-sum", "l1-latent-diffusion", "learned-prior"])
+def test_opcheck_kernel_op(args):
+    # the kernels' op, with every gradient asked for
+    torch.library.opcheck(torch.ops.vae_fused.vae_loss_forward.default, (*args, 0b11111111))
+
+
+def test_kernel_op_outputs_follow_the_mask():
+    # the kernels' op: terms of the right shapes/dtypes, element gradients only where asked
     recon_x, x, mu, logvar = make_inputs((3, 5), (3, 2))
-    out = torch.ops.vae_fused.vae_loss_forward(recon_x, x, mu, logvar, 0, 0, 2, 0.0, True, False, False, True)
-    assert len(out) == 6
-    assert out[0].shape == (3,) and out[1].shape == ()
-    assert out[2].shape == recon_x.shape and out[5].shape == logvar.shape
-    assert out[3].numel() == 0 and out[4].numel() == 0
+    recon_term, kl_term, g = torch.ops.vae_fused.vae_loss_forward(
+        recon_x, x, mu, logvar, None, None, None, None, None, 0, REDUCTION_CODES["none"], REDUCTION_CODES["sum"], 0.0,
+        0b1001)
+    assert len(g) == 9
+    assert recon_term.shape == (3,) and kl_term.shape == ()
+    assert g[0].shape == recon_x.shape and g[3].shape == logvar.shape
+    assert all(g[i].numel() == 0 for i in (1, 2, 4, 5, 6, 7, 8))
     e_recon = oracle_terms(recon_x, x, mu, logvar, reduction="none", kl_reduction="sum")[1]
-    torch.testing.assert_close(out[0], e_recon, rtol=1e-12, atol=0)
-    torch.testing.assert_close(out[5], 0.5 * (logvar.exp() - 1), rtol=1e-12, atol=1e-15)
+    torch.testing.assert_close(recon_term, e_recon, rtol=1e-12, atol=0)
+    torch.testing.assert_close(g[3], 0.5 * (logvar.exp() - 1), rtol=1e-12, atol=1e-15)
+    torch.testing.assert_close(g[0], (recon_x - x) / (recon_x * (1 - recon_x)), rtol=1e-12, atol=0)
 
 
-@pytest.mark.parametrize("shape,scale_shape,dtype", [
-    ((4, 3000), (), torch.float32), ((4, 3000), (4, 1), torch.float32), ((5, 2, 3), (5, 1, 1), torch.bfloat16),
-    ((6, 7), (), torch.float64)])
-def test_scale_gradient_op(shape, scale_shape, dtype):
+@pytest.mark.parametrize("shape,upstream_shape,dtype", [
+    ((4, 3000), (), torch.float32), ((4, 3000), (4,), torch.float32), ((5, 2, 3), (5,), torch.bfloat16),
+    ((6, 7), (), torch.float64), ((3, 8), (), torch.float16)])
+@pytest.mark.parametrize("scale", [1.0, 2.5e-8])
+def test_scale_gradient_ops(shape, upstream_shape, dtype, scale):
     grad = torch.randn(shape).to(dtype)
-    scale = torch.rand(scale_shape) + 0.5
-    out = torch.ops.vae_fused.scale_gradient(grad, scale)
+    upstream = torch.rand(upstream_shape) * 65536 + 0.5
+    factor = upstream.double().reshape((-1,) + (1,) * (len(shape) - 1)) if upstream_shape else upstream.double()
+    # the product is formed in float32 (float64 for double) and rounded once
+    expected = (grad.double() * (factor * scale).to(torch.float64 if dtype == torch.float64 else torch.float32)
+                .double()).to(dtype)
+    out = torch.ops.vae_fused.scale_gradient(grad, upstream, scale)
     assert out.dtype == dtype and out.shape == grad.shape
-    torch.testing.assert_close(out, (grad.double() * scale.double()).to(dtype))
-    torch.library.opcheck(torch.ops.vae_fused.scale_gradient.default, (grad, scale))
+    torch.testing.assert_close(out, expected, rtol=1e-6 if dtype in (torch.float32, torch.float64) else 0, atol=0)
+    in_place = grad.clone()
+    torch.ops.vae_fused.scale_gradient_(in_place, upstream, scale)
+    torch.testing.assert_close(in_place, out, rtol=0, atol=0)
+    torch.library.opcheck(torch.ops.vae_fused.scale_gradient.default, (grad, upstream, scale))
+    torch.library.opcheck(torch.ops.vae_fused.scale_gradient_.default, (grad.clone(), upstream, scale))
 
 
 def test_scaled_backward_keeps_dtypes():

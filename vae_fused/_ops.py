@@ -1,12 +1,14 @@
-"""The fused op: loading the compiled library, its fake (meta) kernel and its
-autograd formula. The only module that knows the op's schema."""
+"""The ops: loading the compiled library, the option codes that travel in the
+op schemas (their one Python home; csrc/codes.h is the C++ one), the checks
+of the string options, and the fake kernels torch.compile traces with. The
+autograd formula and the tensor checks are C++ (csrc/autograd.cpp,
+csrc/inputs.cpp); the reference's kernel is registered here."""
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 
 import torch
-
-from ._args import RECON_MODES, REDUCTIONS, LossOptions
 
 try:
     from . import _C  # noqa: F401  (loading it registers the ops)
@@ -20,7 +22,8 @@ except ImportError as err:  # pragma: no cover - exercised by hand
         "A build made for another torch version must be rebuilt the same way."
     ) from err
 
-_OPS = ("vae_loss_forward", "scale_gradient", "cpu_capability")
+_OPS = ("vae_loss", "vae_loss_forward", "scale_gradient", "scale_gradient_", "reference_terms",
+        "check_inputs", "cpu_capability")
 _missing = [name for name in _OPS if not hasattr(torch.ops.vae_fused, name)]
 if _missing:
     raise ImportError(
@@ -29,142 +32,92 @@ if _missing:
         "  pip install --no-build-isolation .      (or -e . for an editable install)"
     )
 
-_forward_op = torch.ops.vae_fused.vae_loss_forward
-_scale_op = torch.ops.vae_fused.scale_gradient
+# The codes of the op schemas; csrc/codes.h has the same table.
+RECON_MODES = {"bce": 0, "bce_logits": 1, "mse": 2, "cbce": 3, "l1": 4}
+REDUCTIONS = {"none": 0, "mean": 1, "sum": 2, "batchmean": 3}
+RECON_NAMES = {code: name for name, code in RECON_MODES.items()}
+REDUCTION_NAMES = {code: name for name, code in REDUCTIONS.items()}
+# Schema order of the tensor arguments (and of vae_loss_forward's gradients).
+TENSOR_ARGS = ("recon_x", "x", "mu", "logvar", "prior_mu", "prior_logvar", "recon_logvar",
+               "recon_offset", "weight")
+
+loss_op = torch.ops.vae_fused.vae_loss
+check_inputs_op = torch.ops.vae_fused.check_inputs
 
 
-def _term_like(t: torch.Tensor, reduction: int) -> torch.Tensor:
-    shape = (t.shape[0],) if reduction == REDUCTIONS["none"] else ()
-    dtype = torch.float64 if t.dtype == torch.float64 else torch.float32
-    return t.new_empty(shape, dtype=dtype)
+@dataclass(frozen=True)
+class LossOptions:
+    """Validated keyword options of vae_loss, with their schema codes."""
+
+    beta: float | torch.Tensor
+    reduction: str
+    kl_reduction: str
+    recon: str
+    free_bits: float
+
+    @property
+    def codes(self) -> tuple:
+        return (RECON_MODES[self.recon], REDUCTIONS[self.reduction], REDUCTIONS[self.kl_reduction],
+                self.free_bits)
 
 
-def _grad_like(t: torch.Tensor, wanted: bool) -> torch.Tensor:
-    return t.new_empty(t.shape) if wanted else t.new_empty((0,))
+def _choice(name: str, value, allowed: dict) -> str:
+    if not isinstance(value, str) or value not in allowed:
+        raise ValueError(
+            f"vae_fused: {name}={value!r} is not supported; allowed values: "
+            + ", ".join(repr(k) for k in allowed)
+        )
+    return value
 
 
-@torch.library.register_fake("vae_fused::vae_loss_forward")
-def _vae_loss_forward_fake(recon_x, x, mu, logvar, recon_mode, reduction, kl_reduction,
-                           free_bits, grad_recon_x, grad_x, grad_mu, grad_logvar):
-    torch._check(recon_x.shape == x.shape, lambda: "recon_x and x must have the same shape")
-    torch._check(mu.shape == logvar.shape, lambda: "mu and logvar must have the same shape")
-    return (
-        _term_like(recon_x, reduction),
-        _term_like(mu, kl_reduction),
-        _grad_like(recon_x, grad_recon_x),
-        _grad_like(x, grad_x),
-        _grad_like(mu, grad_mu),
-        _grad_like(logvar, grad_logvar),
-    )
-
-
-@torch.library.register_fake("vae_fused::scale_gradient")
-def _scale_gradient_fake(grad, scale):
-    return grad.new_empty(grad.shape)
-
-
-def _setup_context(ctx, inputs, output):
-    recon_x, x, mu, logvar, *_ = inputs
-    element_grads = output[2:]
-    ctx.mark_non_differentiable(*element_grads)
-    # Otherwise autograd would fill a zero "gradient" the size of each element
-    # gradient output before calling backward: a wasted B x D pass.
-    ctx.set_materialize_grads(False)
-    ctx.save_for_backward(*element_grads)
-    ctx.input_numels = tuple(t.numel() for t in (recon_x, x, mu, logvar))
-
-
-def _graph_is_retained() -> bool:
-    try:
-        return torch._C._autograd._get_current_graph_task_keep_graph()
-    except (AttributeError, RuntimeError):  # unknown: assume it is
-        return True
-
-
-def _can_hand_over_saved(grad: torch.Tensor) -> bool:
-    """Whether backward may return a saved element gradient itself: the
-    upstream gradient is exactly 1, and the graph is freed after this backward
-    (with retain_graph the caller could modify the returned tensor in place and
-    a later backward would read it). Free to ask on the CPU in eager mode;
-    never while tracing (fake or functional tensors have no value) and never on
-    CUDA (a host sync)."""
-    if grad.dim() != 0 or grad.device.type != "cpu" or type(grad) is not torch.Tensor:
-        return False
-    if torch.compiler.is_compiling() or _graph_is_retained():
-        return False
-    try:
-        return bool(grad == 1)
-    except RuntimeError:  # e.g. a functorch wrapper
-        return False
-
-
-def _scaled(element_grad: torch.Tensor, grad_output: torch.Tensor, hand_over: bool) -> torch.Tensor:
-    """element_grad * grad_output, as a new tensor (the saved one is never
-    modified, so retain_graph and torch.autograd.grad stay right); the saved
-    tensor itself when _can_hand_over_saved said so (autograd then moves it
-    into .grad without a copy)."""
-    if grad_output.dim() == 0:
-        if hand_over:
-            return element_grad
-        return _scale_op(element_grad, grad_output)
-    # reduction "none": one factor per sample
-    return _scale_op(element_grad, grad_output.reshape((-1,) + (1,) * (element_grad.dim() - 1)))
-
-
-def _backward(ctx, grad_recon, grad_kl, *_unused_element_grad_grads):
-    saved = ctx.saved_tensors
-    recon_hand_over = grad_recon is not None and _can_hand_over_saved(grad_recon)
-    kl_hand_over = grad_kl is not None and _can_hand_over_saved(grad_kl)
-    upstream = ((grad_recon, recon_hand_over), (grad_recon, recon_hand_over),
-                (grad_kl, kl_hand_over), (grad_kl, kl_hand_over))
-    outputs = []
-    for i, (element_grad, (grad_output, hand_over)) in enumerate(zip(saved, upstream)):
-        if not ctx.needs_input_grad[i] or grad_output is None:
-            outputs.append(None)
-        elif element_grad.numel() != ctx.input_numels[i]:
-            if ctx.input_numels[i] == 0:
-                outputs.append(None)
-                continue
-            raise RuntimeError(
-                "vae_fused: backward needs the element gradient of input "
-                f"{i}, but vae_loss_forward was called with its grad flag off; "
-                "call vae_fused.vae_loss (which sets the flags) instead of the raw op"
+def _check_beta(beta) -> None:
+    if isinstance(beta, torch.Tensor):
+        if beta.dim() != 0 or not beta.is_floating_point():
+            raise ValueError(
+                f"vae_fused: beta must be a Python float or a 0-d floating tensor, got a "
+                f"{beta.dtype} tensor of shape {tuple(beta.shape)}"
             )
-        else:
-            outputs.append(_scaled(element_grad, grad_output, hand_over))
-    return tuple(outputs) + (None,) * 8
+        # Reading the value is free for a CPU tensor outside tracing; on CUDA it
+        # would be a host sync, so a CUDA beta is taken as given.
+        if beta.device.type == "cpu" and not torch.compiler.is_compiling() and type(beta) is torch.Tensor:
+            if bool(beta < 0) or bool(torch.isnan(beta)):
+                raise ValueError(f"vae_fused: beta must be >= 0, got {beta.item()}")
+    elif isinstance(beta, (int, float)) and not isinstance(beta, bool):
+        if not beta >= 0:  # also rejects NaN
+            raise ValueError(f"vae_fused: beta must be >= 0, got {beta}")
+    else:
+        raise TypeError(f"vae_fused: beta must be a float or a 0-d tensor, got {type(beta).__name__}")
 
 
-torch.library.register_autograd(
-    "vae_fused::vae_loss_forward", _backward, setup_context=_setup_context
-)
+def check_options(beta=1.0, reduction="sum", kl_reduction=None, recon="bce", free_bits=0.0) -> LossOptions:
+    reduction = _choice("reduction", reduction, REDUCTIONS)
+    kl_reduction = reduction if kl_reduction is None else _choice("kl_reduction", kl_reduction, REDUCTIONS)
+    recon = _choice("recon", recon, RECON_MODES)
+    _check_beta(beta)
+    if isinstance(free_bits, bool) or not isinstance(free_bits, (int, float)):
+        raise TypeError(f"vae_fused: free_bits must be a float, got {type(free_bits).__name__}")
+    if not (free_bits >= 0 and free_bits != float("inf")):
+        raise ValueError(f"vae_fused: free_bits must be finite and >= 0, got {free_bits}")
+    if free_bits > 0 and kl_reduction == "none":
+        raise ValueError(
+            "vae_fused: free_bits > 0 is defined on the batch mean of each latent unit, "
+            "so it needs kl_reduction 'sum', 'mean' or 'batchmean', not 'none'"
+        )
+    return LossOptions(beta, reduction, kl_reduction, recon, float(free_bits))
 
 
-def _under_functorch(tensors) -> bool:
+def check_tensor_types(tensors: dict) -> None:
+    """Python-level types (the op's schema would reject a list with a less
+    helpful message); everything else about the tensors is checked in C++."""
+    for name, t in tensors.items():
+        if not isinstance(t, torch.Tensor) and not (t is None and name not in TENSOR_ARGS[:4]):
+            raise TypeError(f"vae_fused: {name} must be a torch.Tensor, got {type(t).__name__}")
+
+
+def under_functorch(tensors) -> bool:
     if torch.compiler.is_compiling():
         return False
     return any(torch._C._functorch.is_functorch_wrapped_tensor(t) for t in tensors)
-
-
-def fused_terms(recon_x, x, mu, logvar, opts: LossOptions):
-    """Runs the op once: (recon_term, kl_term), both unweighted."""
-    if _under_functorch((recon_x, x, mu, logvar)):
-        # torch.library's autograd registration has no functorch support yet;
-        # say so plainly instead of PyTorch's note about setup_context.
-        raise RuntimeError(
-            "vae_fused: torch.func transforms (grad, vmap, jacrev, ...) are not supported; "
-            "compute gradients with loss.backward() or torch.autograd.grad, and batch "
-            "several losses by concatenating them along the batch with reduction='none'"
-        )
-    needs = torch.is_grad_enabled()
-    recon_term, kl_term, *_ = _forward_op(
-        recon_x, x, mu, logvar,
-        RECON_MODES[opts.recon], REDUCTIONS[opts.reduction], REDUCTIONS[opts.kl_reduction],
-        opts.free_bits,
-        needs and recon_x.requires_grad, needs and x.requires_grad,
-        needs and mu.requires_grad, needs and logvar.requires_grad,
-    )
-    return recon_term, kl_term
 
 
 def strict_mode() -> bool:
@@ -177,3 +130,75 @@ def cpu_capability() -> str:
     """The CPU kernel build this process runs: 'AVX512', 'AVX2' or 'DEFAULT'
     (lowered by ATEN_CPU_CAPABILITY or VAE_FUSED_CPU_CAPABILITY)."""
     return torch.ops.vae_fused.cpu_capability()
+
+
+# ---------------------------------------------------------------------------
+# Fake kernels: output shapes and dtypes only (csrc/plan.h says the same).
+def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _term_like(t: torch.Tensor, reduction: int, dtype: torch.dtype) -> torch.Tensor:
+    shape = (t.shape[0],) if reduction == REDUCTIONS["none"] else ()
+    return t.new_empty(shape, dtype=_acc_dtype(dtype))
+
+
+def _extra_grad_per_sample(extra: torch.Tensor, target: torch.Tensor, prior: bool, free_bits: float) -> bool:
+    padded = (1,) * (target.dim() - extra.dim()) + tuple(extra.shape)
+    return all(d == 1 for d in padded[1:]) and not (prior and free_bits > 0)
+
+
+@torch.library.register_fake("vae_fused::vae_loss")
+def _vae_loss_fake(recon_x, x, mu, logvar, prior_mu, prior_logvar, recon_logvar, recon_offset, weight,
+                   recon_mode, reduction, kl_reduction, free_bits):
+    torch._check(recon_x.shape == x.shape, lambda: "recon_x and x must have the same shape")
+    torch._check(mu.shape == logvar.shape, lambda: "mu and logvar must have the same shape")
+    latent = torch.promote_types(mu.dtype, logvar.dtype)
+    return _term_like(recon_x, reduction, recon_x.dtype), _term_like(mu, kl_reduction, latent)
+
+
+@torch.library.register_fake("vae_fused::vae_loss_forward")
+def _vae_loss_forward_fake(recon_x, x, mu, logvar, prior_mu, prior_logvar, recon_logvar, recon_offset,
+                           weight, recon_mode, reduction, kl_reduction, free_bits, grad_mask):
+    recon_term, kl_term = _vae_loss_fake(recon_x, x, mu, logvar, prior_mu, prior_logvar, recon_logvar,
+                                         recon_offset, weight, recon_mode, reduction, kl_reduction, free_bits)
+    tensors = (recon_x, x, mu, logvar, prior_mu, prior_logvar, recon_logvar, recon_offset, weight)
+    grads = []
+    for i, t in enumerate(tensors):
+        if t is None or i == 8 or not (grad_mask >> i) & 1:
+            grads.append(recon_x.new_empty((0,)))
+        elif i < 4:
+            grads.append(t.new_empty(t.shape))
+        else:
+            target = mu if i < 6 else recon_x
+            dtype = _acc_dtype(target.dtype)
+            if _extra_grad_per_sample(t, target, i < 6, free_bits):
+                grads.append(target.new_empty((target.shape[0],), dtype=dtype))
+            else:
+                grads.append(target.new_empty(target.shape, dtype=dtype))
+    return recon_term, kl_term, grads
+
+
+@torch.library.register_fake("vae_fused::scale_gradient")
+def _scale_gradient_fake(grad, upstream, scale):
+    return grad.new_empty(grad.shape)
+
+
+@torch.library.register_fake("vae_fused::scale_gradient_")
+def _scale_gradient_inplace_fake(grad, upstream, scale):
+    return None
+
+
+@torch.library.impl("vae_fused::reference_terms", "CompositeImplicitAutograd")
+def _reference_terms(recon_x, x, mu, logvar, prior_mu, prior_logvar, recon_logvar, recon_offset, weight,
+                     recon_mode, reduction, kl_reduction, free_bits):
+    from . import reference
+
+    extras = dict(prior_mu=prior_mu, prior_logvar=prior_logvar, recon_logvar=recon_logvar,
+                  recon_offset=recon_offset, weight=weight)
+    terms = reference.vae_loss_terms(
+        recon_x, x, mu, logvar, recon=RECON_NAMES[recon_mode], reduction=REDUCTION_NAMES[reduction],
+        kl_reduction=REDUCTION_NAMES[kl_reduction], free_bits=free_bits,
+        **{k: v for k, v in extras.items() if v is not None})
+    return terms.recon, terms.kl
+

@@ -8,7 +8,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from ._args import check_options, check_tensors
+from ._ops import check_inputs_op, check_options, check_tensor_types
 
 __all__ = ["vae_loss", "vae_loss_terms", "kl_elements", "recon_elements", "cb_log_norm"]
 
@@ -81,12 +81,23 @@ def _kl_term(mu, logvar, kl_reduction: str, free_bits: float) -> torch.Tensor:
     return floored  # "batchmean"
 
 
+def _checked_tensors(recon_x, x, mu, logvar, opts):
+    """The same checks as the fused op (one C++ home), then x and mu/logvar in
+    the dtypes the loss is computed in."""
+    check_tensor_types(dict(recon_x=recon_x, x=x, mu=mu, logvar=logvar))
+    check_inputs_op(recon_x, x, mu, logvar, None, None, None, None, None, *opts.codes)
+    if x.dtype != recon_x.dtype:
+        x = x.to(torch.float32 if recon_x.dtype in (torch.float16, torch.bfloat16) else recon_x.dtype)
+    common = torch.promote_types(mu.dtype, logvar.dtype)
+    return recon_x, x, mu.to(common), logvar.to(common)
+
+
 def vae_loss_terms(recon_x, x, mu, logvar, *, beta=1.0, reduction="sum", kl_reduction=None,
                    recon="bce", free_bits=0.0):
-    from . import VAELossTerms
+    from .api import VAELossTerms
 
     opts = check_options(beta, reduction, kl_reduction, recon, free_bits)
-    recon_x, x, mu, logvar = check_tensors(recon_x, x, mu, logvar)
+    recon_x, x, mu, logvar = _checked_tensors(recon_x, x, mu, logvar, opts)
     recon_term = _reduce(recon_elements(recon_x, x, opts.recon), opts.reduction)
     kl_term = _kl_term(mu, logvar, opts.kl_reduction, opts.free_bits)
     beta = opts.beta.to(kl_term.dtype) if isinstance(opts.beta, torch.Tensor) else opts.beta

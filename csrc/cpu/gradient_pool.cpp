@@ -19,7 +19,7 @@ constexpr size_t kHugePage = size_t(2) << 20;
 constexpr size_t kMaxPooledBlocks = 2;
 constexpr size_t kMaxPooledBytes = size_t(1) << 30;
 
-struct Block {
+struct Allocation {
   void* ptr;
   size_t bytes;
 };
@@ -28,7 +28,7 @@ class Pool {
  public:
   // A block of at least `bytes` (a multiple of kHugePage), reused when an idle
   // one is no more than twice that size.
-  Block take(size_t bytes) {
+  Allocation take(size_t bytes) {
     {
       std::lock_guard<std::mutex> lock(mutex_);
       size_t best = idle_.size();
@@ -37,7 +37,7 @@ class Pool {
         if (b >= bytes && b <= 2 * bytes && (best == idle_.size() || b < idle_[best].bytes)) best = i;
       }
       if (best != idle_.size()) {
-        const Block block = idle_[best];
+        const Allocation block = idle_[best];
         idle_.erase(idle_.begin() + static_cast<std::ptrdiff_t>(best));
         idle_bytes_ -= block.bytes;
         return block;
@@ -50,7 +50,7 @@ class Pool {
     return {ptr, bytes};
   }
 
-  void give_back(Block block) {
+  void give_back(Allocation block) {
     {
       std::lock_guard<std::mutex> lock(mutex_);
       if (idle_.size() < kMaxPooledBlocks && idle_bytes_ + block.bytes <= kMaxPooledBytes) {
@@ -62,14 +62,9 @@ class Pool {
     std::free(block.ptr);
   }
 
-  int64_t idle_bytes() {
-    std::lock_guard<std::mutex> lock(mutex_);
-    return static_cast<int64_t>(idle_bytes_);
-  }
-
  private:
   std::mutex mutex_;
-  std::vector<Block> idle_;
+  std::vector<Allocation> idle_;
   size_t idle_bytes_ = 0;
 };
 
@@ -87,12 +82,11 @@ at::Tensor empty_gradient(const at::Tensor& like) {
     return at::empty(like.sizes(), like.options().memory_format(at::MemoryFormat::Contiguous));
   }
   const size_t rounded = (bytes + kHugePage - 1) / kHugePage * kHugePage;
-  const Block block = pool().take(rounded);
+  const Allocation block = pool().take(rounded);
   return at::from_blob(
       block.ptr, like.sizes(), [block](void*) { pool().give_back(block); },
       like.options().memory_format(c10::nullopt));
 }
 
-int64_t pooled_gradient_bytes() { return pool().idle_bytes(); }
 
 }  // namespace vae_fused::cpu

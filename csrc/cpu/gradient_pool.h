@@ -12,7 +12,4 @@ namespace vae_fused::cpu {
 // on every free), and a training loop asks for the same size every step.
 at::Tensor empty_gradient(const at::Tensor& like);
 
-// Bytes held by the pool right now (blocks no tensor uses).
-int64_t pooled_gradient_bytes();
-
 }  // namespace vae_fused::cpu

@@ -1,8 +1,8 @@
-// The CPU implementation of vae_fused::vae_loss_forward: validates, allocates,
-// picks the kernel build for this CPU, runs one pass per term and finishes the
-// reductions in a fixed order (so results do not depend on the thread count).
+// The CPU implementation of vae_fused::vae_loss_forward and the backward's
+// scale_gradient: allocates, picks the kernel build for this CPU, runs one
+// pass per term and finishes the reductions in a fixed order (so results do
+// not depend on the thread count).
 #include <ATen/ATen.h>
-#include <ATen/Version.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -12,11 +12,13 @@
 #include <tuple>
 #include <vector>
 
-#include "../element_math.h"
-#include "../vae_loss_modes.h"
-#include "../op_common.h"
+#include "../codes.h"
+#include "../dtype_dispatch.h"
+#include "../inputs.h"
+#include "../plan.h"
+#include "../reduction.h"
 #include "gradient_pool.h"
-#include "row_loss_kernels.h"
+#include "loss_pass.h"
 
 namespace vae_fused::cpu {
 namespace {
@@ -48,155 +50,171 @@ std::string selected_capability() {
   return rank == 2 ? "AVX512" : rank == 1 ? "AVX2" : "DEFAULT";
 }
 
-RowLossKernels kernels_for(const std::string& capability) {
+LossPasses passes_for(const std::string& capability) {
 #if defined(VAE_FUSED_HAVE_AVX512)
-  if (capability == "AVX512") return AVX512::row_loss_kernels();
+  if (capability == "AVX512") return AVX512::loss_passes();
 #endif
 #if defined(VAE_FUSED_HAVE_AVX2)
-  if (capability == "AVX2") return AVX2::row_loss_kernels();
+  if (capability == "AVX2") return AVX2::loss_passes();
 #endif
-  return DEFAULT::row_loss_kernels();
+  return DEFAULT::loss_passes();
 }
 
-// The rows' partial sums folded in a fixed order: per row, then over rows.
-// Returns the total and, for reduction "none", fills per-row sums.
-double fold_partials(const at::Tensor& partials, int64_t rows, int64_t cols,
-                     double* row_sums) {
-  const double* p = partials.data_ptr<double>();
+// Per-task partial sums folded in a fixed order: per row in chunk order.
+std::vector<double> row_sums(const std::vector<double>& partials, int64_t rows, int64_t cols) {
   const int64_t per_row = chunks_per_row(cols);
-  double total = 0.0;
+  std::vector<double> sums(rows, 0.0);
   for (int64_t r = 0; r < rows; ++r) {
     double row = 0.0;
-    for (int64_t k = 0; k < per_row; ++k) row += p[r * per_row + k];
-    if (row_sums != nullptr) row_sums[r] = row;
-    total += row;
+    for (int64_t k = 0; k < per_row; ++k) row += partials[r * per_row + k];
+    sums[r] = row;
   }
-  return total;
+  return sums;
 }
 
-struct TermResult {
-  at::Tensor value;   // () or (B,), in the term's accumulation dtype
-  at::Tensor grad_a;  // element gradients (or empty (0,))
-  at::Tensor grad_b;
-};
+at::Tensor row_sums_tensor(const std::vector<double>& sums, double scale, at::TensorOptions options) {
+  at::Tensor out = at::empty({static_cast<int64_t>(sums.size())}, options.dtype(at::kDouble));
+  double* p = out.data_ptr<double>();
+  for (size_t r = 0; r < sums.size(); ++r) p[r] = sums[r] * scale;
+  return out.to(options.dtype());
+}
 
-// One loss term over a pair of (B, ...) tensors: runs `run` over the
-// flattened rows, then reduces. `run` gets the kernel args and returns the
-// range bits for BCE-like recon modes (0 otherwise).
-template <typename RunKernel>
-TermResult run_term(const at::Tensor& a_in, const at::Tensor& b_in, int64_t reduction,
-                    bool want_grad_a, bool want_grad_b, RunKernel run) {
-  const at::Tensor a = a_in.contiguous();
-  const at::Tensor b = b_in.contiguous();
-  const int64_t rows = a.size(0);
-  const int64_t numel = a.numel();
-  const int64_t cols = rows == 0 ? flat_features(a) : numel / rows;
+// The term's value from its rows' sums: (B,) for "none", else one number.
+at::Tensor term_value(const std::vector<double>& sums, int64_t reduction, int64_t numel,
+                      at::TensorOptions options) {
+  if (per_sample(reduction)) return row_sums_tensor(sums, 1.0, options);
+  double total = 0.0;
+  for (double s : sums) total += s;
+  const int64_t rows = static_cast<int64_t>(sums.size());
+  return at::scalar_tensor(reduce_total(reduction, total, rows, numel), options);
+}
 
-  TermResult out;
-  out.grad_a = want_grad_a ? empty_gradient(a) : at::empty({0}, a.options());
-  out.grad_b = want_grad_b ? empty_gradient(b) : at::empty({0}, b.options());
-  at::Tensor partials = at::empty({rows * chunks_per_row(cols)}, a.options().dtype(at::kDouble));
+// Free bits (Kingma et al. 2016): the KL term from each latent unit's batch
+// mean, floored; units under the floor lose their gradient. `values` holds the
+// element KLs the pass kept.
+void apply_free_bits(const TermPlan& plan, const at::Tensor& values, std::vector<at::Tensor>& grads,
+                     at::Tensor& value) {
+  const at::Tensor kl = values.to(at::kDouble);
+  const double* v = kl.data_ptr<double>();
+  std::vector<double> column_sum(plan.cols, 0.0);
+  for (int64_t i = 0; i < plan.rows; ++i) {
+    for (int64_t j = 0; j < plan.cols; ++j) column_sum[j] += v[i * plan.cols + j];
+  }
+  at::Tensor keep = at::empty({plan.cols}, at::kBool);
+  bool* k = keep.data_ptr<bool>();
+  double floored = 0.0;
+  for (int64_t j = 0; j < plan.cols; ++j) {
+    const double mean = column_sum[j] / static_cast<double>(plan.rows);
+    k[j] = !under_free_bits_floor(mean, plan.free_bits);
+    floored += floored_unit(mean, plan.free_bits);
+  }
+  value = at::scalar_tensor(free_bits_term(plan.reduction, floored, plan.rows, plan.cols),
+                            plan.acc_options);
+  for (int index : {kMu, kLogvar, kPriorMu, kPriorLogvar}) {
+    at::Tensor& g = grads[index];
+    if (g.defined() && g.numel() == plan.rows * plan.cols) g.view({plan.rows, plan.cols}).mul_(keep);
+  }
+}
 
-  RowLossArgs args;
-  args.a = a.data_ptr();
-  args.b = b.data_ptr();
-  args.a_dtype = a.scalar_type();
-  args.b_dtype = b.scalar_type();
-  args.rows = rows;
-  args.cols = cols;
-  args.grad_scale = grad_scale_for(reduction, rows, numel);
-  args.grad_a = want_grad_a ? out.grad_a.data_ptr() : nullptr;
-  args.grad_b = want_grad_b ? out.grad_b.data_ptr() : nullptr;
-  args.partials = partials.data_ptr<double>();
-  if (numel > 0) {
-    const int bits = run(args);
+// Allocates a term's outputs as the plan says, runs its pass, reduces.
+template <typename RunPass>
+void run_term(const TermPlan& plan, std::vector<at::Tensor>& grads, at::Tensor& value,
+              RunPass run) {
+  const int64_t tasks = plan.rows * chunks_per_row(plan.cols);
+  TermPass pass;
+  pass.a = plan.a.data_ptr();
+  pass.b = plan.b.data_ptr();
+  pass.a_dtype = plan.a.scalar_type();
+  pass.b_dtype = plan.b.scalar_type();
+  pass.rows = plan.rows;
+  pass.cols = plan.cols;
+  pass.grad_scale_a = plan.grad_scale_a;
+  pass.grad_scale_b = plan.grad_scale_b;
+  pass.extra_grad_scale = plan.reduction_scale;
+  pass.likelihood_half = plan.likelihood_half;
+  if (plan.wants_grad_a) {
+    grads[plan.index_a] = empty_gradient(plan.a);
+    pass.grad_a = grads[plan.index_a].data_ptr();
+  }
+  if (plan.wants_grad_b) {
+    grads[plan.index_b] = empty_gradient(plan.b);
+    pass.grad_b = grads[plan.index_b].data_ptr();
+  }
+  std::vector<double> partials(tasks, 0.0);
+  pass.partials = partials.data();
+  std::vector<std::vector<double>> extra_partials(kMaxExtras);
+  for (int k = 0; k < plan.extra_count; ++k) {
+    const ExtraPlan& extra = plan.extras[k];
+    pass.extra[k] = extra.operand;
+    if (extra.grad == ExtraGrad::kPerSample) {
+      extra_partials[k].assign(tasks, 0.0);
+      pass.extra_partials[k] = extra_partials[k].data();
+    } else if (extra.grad == ExtraGrad::kPerElement) {
+      grads[extra.index] = at::empty(plan.a.sizes(), plan.acc_options);
+      pass.extra_grad[k] = grads[extra.index].data_ptr();
+    }
+  }
+  at::Tensor values;
+  if (plan.keeps_values) {
+    values = at::empty({plan.rows, plan.cols}, plan.acc_options);
+    pass.values = values.data_ptr();
+  }
+  if (tasks > 0) {
+    const int bits = run(pass);
     // The same words as F.binary_cross_entropy, raised after the pass.
     TORCH_CHECK(!(bits & kInputOutOfRange), "all elements of input should be between 0 and 1");
     TORCH_CHECK(!(bits & kTargetOutOfRange), "all elements of target should be between 0 and 1");
-  } else {
-    partials.zero_();
   }
-
-  const auto value_options = a.options().dtype(accumulate_dtype(a.scalar_type()));
-  if (reduction == kNone) {
-    at::Tensor row_sums = at::empty({rows}, a.options().dtype(at::kDouble));
-    fold_partials(partials, rows, cols, row_sums.data_ptr<double>());
-    out.value = row_sums.to(value_options.dtype());
-  } else {
-    const double total = fold_partials(partials, rows, cols, nullptr);
-    out.value = at::scalar_tensor(reduce_total(reduction, total, rows, numel), value_options);
-  }
-  return out;
-}
-
-// Free bits (Kingma et al. 2016): KL = sum_j max(lambda, mean_i kl_ij), scaled
-// per reduction. Needs each latent unit's batch mean, a small (B x L) second
-// stage; units under the floor get no gradient.
-void apply_free_bits(const at::Tensor& mu_in, const at::Tensor& logvar_in, int64_t reduction,
-                     double free_bits, TermResult& kl) {
-  const at::Tensor mu = mu_in.contiguous().to(at::kDouble);
-  const at::Tensor logvar = logvar_in.contiguous().to(at::kDouble);
-  const int64_t rows = mu.size(0);
-  const int64_t cols = rows == 0 ? flat_features(mu) : mu.numel() / rows;
-  std::vector<double> column_sum(cols, 0.0);
-  const double* m = mu.data_ptr<double>();
-  const double* lv = logvar.data_ptr<double>();
-  for (int64_t i = 0; i < rows; ++i) {
-    for (int64_t j = 0; j < cols; ++j) {
-      double value, d_mu, d_logvar;
-      kl_value_and_grad(m[i * cols + j], lv[i * cols + j], value, d_mu, d_logvar);
-      column_sum[j] += value;
+  value = term_value(row_sums(partials, plan.rows, plan.cols), plan.reduction,
+                     plan.rows * plan.cols, plan.acc_options);
+  for (int k = 0; k < plan.extra_count; ++k) {
+    const ExtraPlan& extra = plan.extras[k];
+    if (extra.grad == ExtraGrad::kPerSample) {
+      grads[extra.index] = row_sums_tensor(row_sums(extra_partials[k], plan.rows, plan.cols),
+                                           plan.reduction_scale, plan.acc_options);
     }
   }
-  double floored = 0.0;
-  std::vector<bool> under_floor(cols);
-  for (int64_t j = 0; j < cols; ++j) {
-    const double mean = column_sum[j] / static_cast<double>(rows);
-    under_floor[j] = mean < free_bits;  // NaN (B = 0) keeps its gradient: there is none
-    floored += under_floor[j] ? free_bits : mean;
-  }
-  double value = floored;  // "batchmean"
-  if (reduction == kSum) value = floored * static_cast<double>(rows);
-  if (reduction == kMean) value = floored / static_cast<double>(cols);
-  kl.value = at::scalar_tensor(value, kl.value.options());
-  for (at::Tensor* grad : {&kl.grad_a, &kl.grad_b}) {
-    if (grad->numel() == 0) continue;
-    at::Tensor keep = at::empty({cols}, grad->options().dtype(at::kBool));
-    bool* k = keep.data_ptr<bool>();
-    for (int64_t j = 0; j < cols; ++j) k[j] = !under_floor[j];
-    *grad = grad->view({rows, cols}).mul(keep).view(grad->sizes());
-  }
+  if (plan.keeps_values) apply_free_bits(plan, values, grads, value);
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
-vae_loss_forward_cpu(const at::Tensor& recon_x, const at::Tensor& x, const at::Tensor& mu,
-                     const at::Tensor& logvar, int64_t recon_mode, int64_t reduction,
-                     int64_t kl_reduction, double free_bits, bool grad_recon_x, bool grad_x,
-                     bool grad_mu, bool grad_logvar) {
-  check_forward_args(recon_x, x, mu, logvar, recon_mode, reduction, kl_reduction, free_bits);
-  for (const auto* t : {&recon_x, &x, &mu, &logvar}) {
-    TORCH_CHECK(t->device().is_cpu(), "vae_fused: the CPU kernel got a tensor on ", t->device());
-  }
-  const RowLossKernels kernels = kernels_for(selected_capability());
+std::tuple<at::Tensor, at::Tensor, std::vector<at::Tensor>> vae_loss_forward_cpu(
+    const at::Tensor& recon_x, const at::Tensor& x, const at::Tensor& mu, const at::Tensor& logvar,
+    const std::optional<at::Tensor>& prior_mu, const std::optional<at::Tensor>& prior_logvar,
+    const std::optional<at::Tensor>& recon_logvar, const std::optional<at::Tensor>& recon_offset,
+    const std::optional<at::Tensor>& weight, int64_t recon_mode, int64_t reduction,
+    int64_t kl_reduction, double free_bits, int64_t grad_mask) {
+  const LossInputs raw{recon_x, x, mu, logvar, prior_mu, prior_logvar, recon_logvar, recon_offset,
+                       weight};
+  const LossOptions opts{recon_mode, reduction, kl_reduction, free_bits};
+  check_inputs(raw, opts);
+  TORCH_CHECK_VALUE(recon_x.device().is_cpu(), "vae_fused: the CPU kernel got a tensor on ",
+                    recon_x.device());
+  check_converted(raw);
+  const ForwardPlan plan = plan_forward(raw, opts, grad_mask);
+  const LossPasses passes = passes_for(selected_capability());
 
-  TermResult recon = run_term(recon_x, x, reduction, grad_recon_x, grad_x,
-                              [&](const RowLossArgs& args) {
-                                return kernels.recon_forward(args, static_cast<int>(recon_mode));
-                              });
-  TermResult kl = run_term(mu, logvar, kl_reduction, grad_mu, grad_logvar,
-                           [&](const RowLossArgs& args) {
-                             kernels.kl_forward(args);
-                             return 0;
-                           });
-  if (free_bits > 0.0) apply_free_bits(mu, logvar, kl_reduction, free_bits, kl);
-
-  return {recon.value, kl.value, recon.grad_a, recon.grad_b, kl.grad_a, kl.grad_b};
+  std::vector<at::Tensor> grads(LossInputs::kCount);
+  at::Tensor recon_value, kl_value;
+  run_term(plan.recon, grads, recon_value, [&](const TermPass& pass) {
+    return passes.recon_pass(pass, static_cast<int>(recon_mode));
+  });
+  run_term(plan.kl, grads, kl_value, [&](const TermPass& pass) {
+    passes.kl_pass(pass);
+    return 0;
+  });
+  fill_unwanted_gradients(plan, grads);
+  return {recon_value, kl_value, grads};
 }
 
-at::Tensor scale_gradient_cpu(const at::Tensor& grad, const at::Tensor& scale) {
+at::Tensor scale_gradient_cpu(const at::Tensor& grad, const at::Tensor& upstream, double scale) {
   at::Tensor out = empty_gradient(grad);
-  at::mul_out(out, grad, scale);
+  at::mul_out(out, grad, gradient_factor(grad, upstream, scale));
   return out;
+}
+
+void scale_gradient_inplace_cpu(const at::Tensor& grad, const at::Tensor& upstream, double scale) {
+  at::Tensor g = grad;
+  at::mul_out(g, grad, gradient_factor(grad, upstream, scale));
 }
 
 std::string cpu_capability() { return selected_capability(); }
@@ -206,6 +224,7 @@ std::string cpu_capability() { return selected_capability(); }
 TORCH_LIBRARY_IMPL(vae_fused, CPU, m) {
   m.impl("vae_loss_forward", &vae_loss_forward_cpu);
   m.impl("scale_gradient", &scale_gradient_cpu);
+  m.impl("scale_gradient_", &scale_gradient_inplace_cpu);
 }
 
 TORCH_LIBRARY_IMPL(vae_fused, CatchAll, m) {

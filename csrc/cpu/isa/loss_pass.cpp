@@ -1,0 +1,358 @@
+// The CPU loss passes: one pass over a pair of (rows x cols) inputs that
+// computes the element losses, their per-task sums and, when asked, every
+// element gradient (grad in forward), including those of the broadcast
+// extras (recon_logvar, recon_offset / prior_mu, prior_logvar).
+//
+// setup.py compiles this file once per instruction set with that set's flags
+// and -DCPU_CAPABILITY=<ISA> -DCPU_CAPABILITY_<ISA>, as ATen builds its own
+// kernels: at::vec::Vectorized is only as wide as the flags of the
+// translation unit. Everything here lives in a namespace named after the ISA
+// so no inline code is shared between builds.
+#include <ATen/Parallel.h>
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+
+#include <algorithm>
+#include <atomic>
+#include <type_traits>
+
+#include "../vec_primitives.h"  // before element_math.h: the at::vec overloads it uses
+#include "../../codes.h"
+#include "../../dtype_dispatch.h"
+#include "../../element_math.h"
+#include "../loss_pass.h"
+
+namespace vae_fused::cpu {
+namespace CPU_CAPABILITY {
+namespace {
+
+using at::vec::Vectorized;
+
+// A block is two vectors of accumulation lanes: for bf16/fp16 that is exactly
+// one Vectorized<BFloat16/Half>, which converts to and from two float vectors.
+template <typename T>
+struct Block {
+  using acc_t = acc_type<T>;
+  using Vec = Vectorized<acc_t>;
+  static constexpr int64_t kLanes = Vec::size();
+  static constexpr int64_t kSize = 2 * kLanes;
+
+  // n <= kSize elements; the lanes past n read as zero.
+  static void load(const T* p, int64_t n, Vec& lo, Vec& hi) {
+    if (n == kSize) {
+      if constexpr (std::is_same_v<T, acc_t>) {
+        lo = Vec::loadu(p);
+        hi = Vec::loadu(p + kLanes);
+      } else {
+        at::vec::load_to_float<T>(p, lo, hi);
+      }
+      return;
+    }
+    __at_align__ acc_t buf[kSize] = {};
+    for (int64_t i = 0; i < n; ++i) buf[i] = static_cast<acc_t>(p[i]);
+    lo = Vec::loadu(buf);
+    hi = Vec::loadu(buf + kLanes);
+  }
+  static void store(T* p, int64_t n, const Vec& lo, const Vec& hi) {
+    if (n == kSize) {
+      if constexpr (std::is_same_v<T, acc_t>) {
+        lo.store(p);
+        hi.store(p + kLanes);
+      } else {
+        at::vec::convert_from_float<T>(lo, hi).store(p);
+      }
+      return;
+    }
+    __at_align__ acc_t buf[kSize];
+    lo.store(buf);
+    hi.store(buf + kLanes);
+    for (int64_t i = 0; i < n; ++i) p[i] = static_cast<T>(buf[i]);
+  }
+};
+
+// The broadcast extras of one block, as lanes.
+template <typename Vec>
+struct Extras {
+  Vec value[kMaxExtras];
+  Vec inv_scale;        // e^-value[0], for the reconstruction's log-scale
+  Vec likelihood_half;  // 1/2 for the Gaussian NLL, else 1
+};
+
+// The element rules the pass is instantiated with. kExtras: how many extras
+// the rule reads; kExtraDefault: the value of an absent one.
+template <int kMode, bool kWithExtras>
+struct ReconRule {
+  static constexpr int kExtras = kWithExtras ? 3 : 0;
+  static constexpr double kExtraDefault[kMaxExtras] = {0.0, 0.0, 1.0};  // s, o, w
+  static constexpr bool kChecksUnitRange = takes_probabilities(kMode);
+  static constexpr bool kNeedsInvScale = kWithExtras;
+  static constexpr bool kHasBinaryTargetPath = kMode == kBce;
+
+  template <typename S, typename V>
+  static void apply(V a, V b, const Extras<V>& e, V& value, V& d_a, V& d_b, V* d_extra) {
+    recon_value_and_grad<kMode, S>(a, b, value, d_a, d_b);
+    with_extras(e, value, d_a, d_b, d_extra);
+  }
+  // A block whose targets are all exactly 0 or 1 (b's gradient not wanted):
+  // one log per element instead of two, the same values.
+  template <typename S, typename V>
+  static void apply_binary(V a, V b, V b_is_one, const Extras<V>& e, V& value, V& d_a, V* d_extra) {
+    bce_binary_target_value_and_grad(a, b, b_is_one, value, d_a);
+    V unused(0);
+    with_extras(e, value, d_a, unused, d_extra);
+  }
+
+ private:
+  template <typename V>
+  static void with_extras(const Extras<V>& e, V& value, V& d_a, V& d_b, V* d_extra) {
+    if constexpr (kWithExtras) {
+      V d_loss;
+      likelihood_value_and_grad(value, e.value[1], e.value[0], e.inv_scale,
+                                e.value[2] * e.likelihood_half, value, d_loss, d_extra[0]);
+      d_a = d_a * d_loss;
+      d_b = d_b * d_loss;
+      d_extra[1] = d_loss;
+    }
+  }
+};
+
+template <bool kWithPrior>
+struct KlRule {
+  static constexpr int kExtras = kWithPrior ? 2 : 0;
+  static constexpr double kExtraDefault[kMaxExtras] = {0.0, 0.0, 0.0};  // prior_mu, prior_logvar
+  static constexpr bool kChecksUnitRange = false;
+  static constexpr bool kNeedsInvScale = false;
+  static constexpr bool kHasBinaryTargetPath = false;
+
+  template <typename S, typename V>
+  static void apply(V mu, V logvar, const Extras<V>& e, V& value, V& d_mu, V& d_logvar,
+                    V* d_extra) {
+    if constexpr (kWithPrior) {
+      kl_prior_value_and_grad(mu, logvar, e.value[0], e.value[1], value, d_mu, d_logvar,
+                              d_extra[0], d_extra[1]);
+    } else {
+      kl_value_and_grad(mu, logvar, value, d_mu, d_logvar);
+    }
+  }
+  template <typename S, typename V>
+  static void apply_binary(V, V, V, const Extras<V>&, V&, V&, V*) {}
+};
+
+// Sum of a vector's lanes in double, in lane order.
+template <typename S>
+double lane_sum(const Vectorized<S>& v) {
+  __at_align__ S buf[Vectorized<S>::size()];
+  v.store(buf);
+  double s = 0.0;
+  for (int64_t i = 0; i < Vectorized<S>::size(); ++i) s += static_cast<double>(buf[i]);
+  return s;
+}
+
+template <typename S>
+bool outside_unit_range(const Vectorized<S>& lo, const Vectorized<S>& hi) {
+  // lo/hi are lane-wise running min/max (NaN-propagating), so a NaN anywhere
+  // fails both comparisons and is reported too.
+  __at_align__ S l[Vectorized<S>::size()];
+  __at_align__ S h[Vectorized<S>::size()];
+  lo.store(l);
+  hi.store(h);
+  for (int64_t i = 0; i < Vectorized<S>::size(); ++i) {
+    if (!(l[i] >= S(0) && h[i] <= S(1))) return true;
+  }
+  return false;
+}
+
+// Keeps the first n lanes of a block (lo, hi), zeroing the padding lanes.
+template <typename Vec>
+void keep_lanes(int64_t n, Vec& lo, Vec& hi) {
+  constexpr int64_t kLanes = Vec::size();
+  if (n >= 2 * kLanes) return;
+  lo = Vec::set(Vec(0), lo, std::min(n, kLanes));
+  hi = n > kLanes ? Vec::set(Vec(0), hi, n - kLanes) : Vec(0);
+}
+
+// True when every lane of v is exactly 0 or 1.
+template <typename Vec>
+bool all_binary(const Vec& v) {
+  const Vec binary = (v == Vec(0)) | (v == Vec(1));
+  return binary.zero_mask() == 0;  // a false lane is all-zero bits
+}
+
+// The one loop every loss term runs: rows x cols elements of a and b, cut
+// into (row, column-chunk) tasks; per task the double partial sums, plus the
+// element gradients whose buffers are given. Returns the unit-range bits.
+template <typename TA, typename TB, typename Rule>
+int term_pass(const TermPass& args) {
+  using BA = Block<TA>;
+  using BB = Block<TB>;
+  using acc_t = typename BA::acc_t;
+  using Vec = typename BA::Vec;
+  using BAcc = Block<acc_t>;
+  static_assert(std::is_same_v<acc_t, typename BB::acc_t>,
+                "both inputs of a term compute in the same precision");
+  constexpr int64_t kSize = BA::kSize;
+  constexpr int kExtras = Rule::kExtras;
+
+  const TA* a = static_cast<const TA*>(args.a);
+  const TB* b = static_cast<const TB*>(args.b);
+  TA* grad_a = static_cast<TA*>(args.grad_a);
+  TB* grad_b = static_cast<TB*>(args.grad_b);
+  acc_t* values = static_cast<acc_t*>(args.values);
+  const int64_t cols = args.cols;
+  const int64_t per_row = chunks_per_row(cols);
+  const int64_t tasks = args.rows * per_row;
+  const Vec scale_a(static_cast<acc_t>(args.grad_scale_a));
+  const Vec scale_b(static_cast<acc_t>(args.grad_scale_b));
+  const bool scaled_a = args.grad_scale_a != 1.0;
+  const bool scaled_b = args.grad_scale_b != 1.0;
+  const Vec extra_scale(static_cast<acc_t>(args.extra_grad_scale));
+  const bool binary_path_allowed = Rule::kHasBinaryTargetPath && grad_b == nullptr;
+  std::atomic<int> range_bits{0};
+
+  // Aim for ~32K elements per thread slice so tiny losses stay on the
+  // calling thread; this only groups tasks and never changes a result.
+  const int64_t task_size = std::max<int64_t>(1, std::min(cols, kChunk));
+  const int64_t grain = std::max<int64_t>(1, 32768 / task_size);
+
+  at::parallel_for(0, tasks, grain, [&](int64_t begin, int64_t end) {
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t row = task / per_row;
+      const int64_t col_begin = (task % per_row) * kChunk;
+      const int64_t col_end = std::min(cols, col_begin + kChunk);
+      const int64_t base = row * cols;
+      Vec acc_lo(0), acc_hi(0);
+      Vec a_min(0), a_max(0), b_min(0), b_max(0);
+
+      // Extras constant along the row are read once per task.
+      Extras<Vec> hoisted_lo, hoisted_hi;
+      Vec extra_acc[kMaxExtras];
+      for (int k = 0; k < kMaxExtras; ++k) {
+        acc_t v = static_cast<acc_t>(Rule::kExtraDefault[k]);
+        if (k < kExtras && args.extra[k].present() && args.extra[k].per_sample_constant()) {
+          v = static_cast<const acc_t*>(args.extra[k].data)[args.extra[k].offset(row, 0)];
+        }
+        hoisted_lo.value[k] = hoisted_hi.value[k] = Vec(v);
+        extra_acc[k] = Vec(0);
+      }
+      if constexpr (Rule::kNeedsInvScale) {
+        hoisted_lo.inv_scale = hoisted_hi.inv_scale = vexp(Vec(0) - hoisted_lo.value[0]);
+      }
+      hoisted_lo.likelihood_half = hoisted_hi.likelihood_half =
+          Vec(static_cast<acc_t>(args.likelihood_half));
+
+      for (int64_t j = col_begin; j < col_end; j += kSize) {
+        const int64_t n = std::min(kSize, col_end - j);
+        const int64_t at = base + j;
+        Vec a_lo, a_hi, b_lo, b_hi;
+        BA::load(a + at, n, a_lo, a_hi);
+        BB::load(b + at, n, b_lo, b_hi);
+        Extras<Vec> e_lo = hoisted_lo, e_hi = hoisted_hi;
+        for (int k = 0; k < kExtras; ++k) {
+          const Operand& op = args.extra[k];
+          if (op.present() && !op.per_sample_constant()) {
+            BAcc::load(static_cast<const acc_t*>(op.data) + op.offset(row, j), n, e_lo.value[k],
+                       e_hi.value[k]);
+            if (k == 0 && Rule::kNeedsInvScale) {
+              e_lo.inv_scale = vexp(Vec(0) - e_lo.value[0]);
+              e_hi.inv_scale = vexp(Vec(0) - e_hi.value[0]);
+            }
+          }
+        }
+        Vec v_lo, v_hi, da_lo, da_hi, db_lo, db_hi;
+        Vec de_lo[kMaxExtras], de_hi[kMaxExtras];
+        if (binary_path_allowed && all_binary(b_lo) && all_binary(b_hi)) {
+          Rule::template apply_binary<acc_t>(a_lo, b_lo, b_lo == Vec(1), e_lo, v_lo, da_lo, de_lo);
+          Rule::template apply_binary<acc_t>(a_hi, b_hi, b_hi == Vec(1), e_hi, v_hi, da_hi, de_hi);
+        } else {
+          Rule::template apply<acc_t>(a_lo, b_lo, e_lo, v_lo, da_lo, db_lo, de_lo);
+          Rule::template apply<acc_t>(a_hi, b_hi, e_hi, v_hi, da_hi, db_hi, de_hi);
+        }
+        // Padding lanes are zeros, whose loss need not be zero (log 2 for
+        // logits): keep only the n real lanes.
+        keep_lanes(n, v_lo, v_hi);
+        acc_lo = acc_lo + v_lo;
+        acc_hi = acc_hi + v_hi;
+        if (values != nullptr) BAcc::store(values + at, n, v_lo, v_hi);
+        if constexpr (Rule::kChecksUnitRange) {
+          // Zero padding lies inside [0, 1], so it never raises a false alarm.
+          a_min = at::vec::minimum(a_min, at::vec::minimum(a_lo, a_hi));
+          a_max = at::vec::maximum(a_max, at::vec::maximum(a_lo, a_hi));
+          b_min = at::vec::minimum(b_min, at::vec::minimum(b_lo, b_hi));
+          b_max = at::vec::maximum(b_max, at::vec::maximum(b_lo, b_hi));
+        }
+        if (grad_a != nullptr) {
+          if (scaled_a) da_lo = da_lo * scale_a, da_hi = da_hi * scale_a;
+          BA::store(grad_a + at, n, da_lo, da_hi);
+        }
+        if (grad_b != nullptr) {
+          if (scaled_b) db_lo = db_lo * scale_b, db_hi = db_hi * scale_b;
+          BB::store(grad_b + at, n, db_lo, db_hi);
+        }
+        for (int k = 0; k < kExtras; ++k) {
+          if (args.extra_partials[k] != nullptr) {
+            keep_lanes(n, de_lo[k], de_hi[k]);
+            extra_acc[k] = extra_acc[k] + de_lo[k] + de_hi[k];
+          } else if (args.extra_grad[k] != nullptr) {
+            BAcc::store(static_cast<acc_t*>(args.extra_grad[k]) + at, n, de_lo[k] * extra_scale,
+                        de_hi[k] * extra_scale);
+          }
+        }
+      }
+      args.partials[task] = lane_sum(acc_lo) + lane_sum(acc_hi);
+      for (int k = 0; k < kExtras; ++k) {
+        if (args.extra_partials[k] != nullptr) args.extra_partials[k][task] = lane_sum(extra_acc[k]);
+      }
+      if constexpr (Rule::kChecksUnitRange) {
+        int bits = 0;
+        if (outside_unit_range(a_min, a_max)) bits |= kInputOutOfRange;
+        if (outside_unit_range(b_min, b_max)) bits |= kTargetOutOfRange;
+        if (bits != 0) range_bits.fetch_or(bits, std::memory_order_relaxed);
+      }
+    }
+  });
+  return range_bits.load();
+}
+
+bool has_extras(const TermPass& pass) {
+  for (const Operand& op : pass.extra) {
+    if (op.present()) return true;
+  }
+  return false;
+}
+
+template <int kMode>
+int recon_pass_mode(const TermPass& pass) {
+  return dispatch_recon_dtypes(pass.a_dtype, pass.b_dtype, [&](auto ta, auto tb) {
+    using TA = typename decltype(ta)::type;
+    using TB = typename decltype(tb)::type;
+    if (has_extras(pass)) return term_pass<TA, TB, ReconRule<kMode, true>>(pass);
+    return term_pass<TA, TB, ReconRule<kMode, false>>(pass);
+  });
+}
+
+int recon_pass(const TermPass& pass, int recon_mode) {
+  switch (recon_mode) {
+    case kBce: return recon_pass_mode<kBce>(pass);
+    case kBceLogits: return recon_pass_mode<kBceLogits>(pass);
+    case kMse: return recon_pass_mode<kMse>(pass);
+    case kCbce: return recon_pass_mode<kCbce>(pass);
+    case kL1: return recon_pass_mode<kL1>(pass);
+    default: TORCH_CHECK_VALUE(false, "vae_fused: unknown recon mode code ", recon_mode);
+  }
+}
+
+void kl_pass(const TermPass& pass) {
+  TORCH_CHECK(pass.a_dtype == pass.b_dtype, "vae_fused: mu and logvar must share a dtype");
+  dispatch_float_dtype(pass.a_dtype, "mu/logvar", [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    if (has_extras(pass)) term_pass<T, T, KlRule<true>>(pass);
+    else term_pass<T, T, KlRule<false>>(pass);
+  });
+}
+
+}  // namespace
+
+LossPasses loss_passes() { return {&recon_pass, &kl_pass}; }
+
+}  // namespace CPU_CAPABILITY
+}  // namespace vae_fused::cpu

@@ -1,0 +1,66 @@
+// Interface between the CPU op (vae_loss_cpu.cpp, baseline flags) and the
+// element-wise passes (isa/loss_pass.cpp, compiled once per instruction set).
+// Only plain data crosses it, so the op picks a kernel table at run time.
+#pragma once
+
+#include <c10/core/ScalarType.h>
+
+#include <cstdint>
+
+#include "../operand.h"
+
+namespace vae_fused::cpu {
+
+// Each row is cut into fixed column chunks of kChunk elements; every
+// (row, chunk) task writes its own double partial sums, so the summation
+// order never depends on how tasks meet threads.
+constexpr int64_t kChunk = 2048;
+
+inline int64_t chunks_per_row(int64_t cols) {
+  return cols <= kChunk ? 1 : (cols + kChunk - 1) / kChunk;
+}
+
+// Extras: the reconstruction's (recon_logvar, recon_offset, weight) or the
+// KL's (prior_mu, prior_logvar).
+constexpr int kMaxExtras = 3;
+
+// One pass over a (rows x cols) pair a, b (recon_x and x, or mu and logvar).
+struct TermPass {
+  const void* a = nullptr;
+  const void* b = nullptr;
+  c10::ScalarType a_dtype = c10::ScalarType::Float;
+  c10::ScalarType b_dtype = c10::ScalarType::Float;
+  int64_t rows = 0;
+  int64_t cols = 0;
+  double grad_scale_a = 1.0;      // multiplies the element gradients stored in grad_a
+  double grad_scale_b = 1.0;      // ... and in grad_b
+  double extra_grad_scale = 1.0;  // multiplies the element gradients stored in extra_grad
+  void* grad_a = nullptr;         // a's dtype, rows*cols, or nullptr: not computed
+  void* grad_b = nullptr;
+  Operand extra[kMaxExtras];
+  // Per extra: its element gradient (accumulation dtype, rows*cols), or
+  // per-task sums of it (per-sample-constant extras), or neither.
+  void* extra_grad[kMaxExtras] = {nullptr, nullptr, nullptr};
+  double* extra_partials[kMaxExtras] = {nullptr, nullptr, nullptr};
+  double* partials = nullptr;     // rows * chunks_per_row(cols) sums of the element losses
+  void* values = nullptr;         // the element losses (accumulation dtype), or nullptr
+  double likelihood_half = 1.0;   // 1/2 for the Gaussian NLL (mse with recon_logvar)
+};
+
+// Bits of recon_pass's result: which input had an element outside [0, 1]
+// (or NaN) for the probability-based modes.
+constexpr int kInputOutOfRange = 1;
+constexpr int kTargetOutOfRange = 2;
+
+struct LossPasses {
+  int (*recon_pass)(const TermPass& pass, int recon_mode);
+  void (*kl_pass)(const TermPass& pass);
+};
+
+// One table per instruction set, each defined in its own build of
+// isa/loss_pass.cpp (see setup.py).
+namespace DEFAULT { LossPasses loss_passes(); }
+namespace AVX2 { LossPasses loss_passes(); }
+namespace AVX512 { LossPasses loss_passes(); }
+
+}  // namespace vae_fused::cpu

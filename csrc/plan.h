@@ -1,0 +1,83 @@
+// How the forward lays out one call, decided once on the host for every
+// device: which tensors each term reads, how its broadcast extras are read,
+// which gradients it stores and with what scale. The CPU and CUDA ops
+// allocate and launch from this plan; they make no such decision themselves.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <vector>
+
+#include "inputs.h"
+#include "operand.h"
+
+namespace vae_fused {
+
+// Indices of the op's tensors (and of vae_loss_forward's gradient list), in
+// schema order.
+enum InputIndex : int {
+  kReconX = 0, kX = 1, kMu = 2, kLogvar = 3, kPriorMu = 4, kPriorLogvar = 5,
+  kReconLogvar = 6, kReconOffset = 7, kWeight = 8,
+};
+
+// The gradient of a broadcast extra: reduced per sample inside the pass (the
+// extra is constant along each sample), stored per element, or not wanted.
+enum class ExtraGrad { kNone, kPerSample, kPerElement };
+
+struct ExtraPlan {
+  int index = -1;        // InputIndex
+  at::Tensor storage;    // what operand.data points into (keep alive)
+  Operand operand;
+  ExtraGrad grad = ExtraGrad::kNone;
+};
+
+struct TermPlan {
+  at::Tensor a, b;       // contiguous: recon_x and x, or mu and logvar
+  int index_a = 0, index_b = 0;
+  bool wants_grad_a = false, wants_grad_b = false;
+  int64_t rows = 0, cols = 0;
+  int64_t reduction = 0;
+  double reduction_scale = 1.0;  // d(term)/d(element loss)
+  double grad_scale_a = 1.0;     // what grad_a / grad_b are stored multiplied by
+  double grad_scale_b = 1.0;
+  double likelihood_half = 1.0;
+  int extra_count = 0;
+  ExtraPlan extras[3];
+  bool keeps_values = false;     // free bits: the element losses are kept for the floor
+  double free_bits = 0.0;
+  at::TensorOptions acc_options; // the term's accumulation dtype, on its device
+};
+
+struct ForwardPlan {
+  TermPlan recon, kl;
+};
+
+// `in` must come from converted_inputs; grad_mask bit i asks for input i's gradient.
+ForwardPlan plan_forward(const LossInputs& in, const LossOptions& opts, int64_t grad_mask);
+
+// Whether an extra's gradient comes back as per-sample sums, shape (B,):
+// constant along each sample (0-d, (B, 1, ..., 1), (1, ..., 1)) -- except
+// the priors under free bits, whose floor acts per latent unit.
+bool extra_grad_per_sample(const at::Tensor& extra, const at::Tensor& target, bool prior,
+                           double free_bits);
+
+// Gradients of recon_x / x / mu / logvar are stored multiplied by the
+// reduction's scale when they are float32/float64, unscaled when they are
+// half precision: the scale, 1/N for "mean", could underflow half. Backward
+// applies the pending part (in float32) together with the upstream gradient.
+double stored_grad_scale(c10::ScalarType dtype, double reduction_scale);
+double pending_grad_scale(c10::ScalarType dtype, double reduction_scale);
+
+// The reduction scale of the term input `index` belongs to.
+double term_reduction_scale(int index, const LossInputs& in, const LossOptions& opts);
+
+// upstream * scale shaped to multiply `grad` (one factor, or one per sample),
+// in float32 (float64 for double) and with as many dims as grad, so that a
+// half gradient is multiplied in float32 and rounded once. Symbolic sizes:
+// backward's tracing under torch.compile calls it too.
+at::Tensor gradient_factor(const at::Tensor& grad, const at::Tensor& upstream, double scale);
+
+// Replaces the gradients left undefined (not wanted) by empty (0,) tensors.
+void fill_unwanted_gradients(const ForwardPlan& plan, std::vector<at::Tensor>& grads);
+
+}  // namespace vae_fused
