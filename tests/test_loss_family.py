@@ -638,3 +638,32 @@ def test_half_precision_against_float64(fn, dtype, recon, reduction):
     for name, g, e, r in zip(wrt, g_got, g_exp, g_ref):
         assert g.dtype == got_in[name].dtype and g.shape == got_in[name].shape, name
         check_low_precision(g, e, r, atol=2e-3 * e.abs().max().item(), what=f"grad {name}")
+
+
+# ---------------------------------------------------------------------------
+# docs/recipes.md: the blocks marked <!-- recipe-check --> run as written (their asserts
+# compare against the eager forms, their printed numbers are checked here too).
+def _recipe_blocks():
+    import pathlib
+    import re
+    text = (pathlib.Path(__file__).resolve().parents[1] / "docs" / "recipes.md").read_text()
+    return re.findall(r"<!-- recipe-check -->\n```python\n(.*?)```", text, re.S)
+
+
+@pytest.mark.parametrize("fn", IMPLEMENTATIONS)
+@pytest.mark.parametrize("index", range(len(_recipe_blocks())))
+def test_recipes_run(fn, index, capsys):
+    import re
+    import types
+    code = _recipe_blocks()[index]
+    namespace = vae_fused
+    if fn is vae_fused.reference.vae_loss_terms:
+        namespace = types.SimpleNamespace(vae_loss=vae_fused.reference.vae_loss,
+                                          vae_loss_terms=vae_fused.reference.vae_loss_terms)
+    code = code.replace("import vae_fused\n", "")
+    exec(compile(code, f"docs/recipes.md block {index}", "exec"), {"vae_fused": namespace, "__name__": "recipe"})
+    printed = capsys.readouterr().out.splitlines()
+    claimed = [m.group(1).strip() for m in re.finditer(r"print\(.*\)\s*#\s*([^(\n]+)", code)]
+    assert len(printed) == len(claimed) > 0
+    for out, comment in zip(printed, claimed):
+        assert out.strip() == comment, (out, comment)
