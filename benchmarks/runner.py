@@ -33,9 +33,10 @@ def run_candidate(case: Case, name: str, inputs, settings: Settings) -> dict:
     try:
         cand = cases.make_candidate(name.split("@")[0], case.recon)
         step = cases.PASSES[case.pass_name](cand.fn, inputs, needs_grad)
-        first_s, cache = timing.first_call(step, case.device)
+        first_s, cache, loss = timing.first_call(step, case.device)
     except Exception as err:  # e.g. an op without a kernel for this dtype: record, go on
         return make_row(**row, error=error_text(err))
+    value = loss.detach().double().item()
     measured = timing.measure(step, threads, settings.min_run_time)
     if case.device == "cuda":
         memory = timing.cuda_peak_bytes(step)
@@ -45,7 +46,16 @@ def run_candidate(case: Case, name: str, inputs, settings: Settings) -> dict:
         memory = None
     faults = timing.minor_faults_per_step(step, case.device)
     return make_row(**row, timing=measured, first_call_s=first_s, compile_cache=cache,
-                    memory_bytes=memory, faults=faults)
+                    memory_bytes=memory, faults=faults, value=value)
+
+
+def compare_values(rows):
+    """Each candidate's loss relative to eager's on the same inputs (its
+    first call's): a candidate that computes another loss is not a baseline."""
+    eager = next((r["value"] for r in rows if r["candidate"] == "eager" and r["value"] is not None), None)
+    for r in rows:
+        if eager is not None and r["value"] is not None and r["candidate"] != "eager":
+            r["rel_diff_vs_eager"] = abs(r["value"] - eager) / max(abs(eager), 1e-30)
 
 
 def run_floor(case: Case, settings: Settings) -> list[dict]:
@@ -71,6 +81,7 @@ def run_case(case: Case, settings: Settings) -> list[dict]:
     others = machine.OtherLoad()
     inputs = cases.case_inputs(case.shape, case.dtype, case.device, case.recon)
     rows = [run_candidate(case, name, inputs, settings) for name in case.candidates]
+    compare_values(rows)
     if case.floor:
         rows += run_floor(case, settings)
     # other work on the machine while this case ran: the report marks busy cases
@@ -110,7 +121,7 @@ def run_end_to_end(devices, losses, settings: Settings) -> list[dict]:
             row = dict(shape=shape, dtype=torch.float32, device=device, pass_name="train-step",
                        recon="bce", candidate=name, threads=settings.threads)
             try:
-                first_s, cache = timing.first_call(step, device)
+                first_s, cache, _ = timing.first_call(step, device)
             except Exception as err:
                 rows.append(make_row(**row, error=error_text(err)))
                 continue

@@ -45,18 +45,18 @@ def inductor_cache_counts():
 
 
 def first_call(step, device: str):
-    """Runs the step once; returns (seconds, cache) where cache says whether
-    torch.compile's graphs came from inductor's on-disk cache ("hit"), were
-    compiled ("miss"), or nothing was compiled ("")."""
+    """Runs the step once; returns (seconds, cache, what the step returned)
+    where cache says whether torch.compile's graphs came from inductor's
+    on-disk cache ("hit"), were compiled ("miss"), or nothing was compiled ("")."""
     hits, misses = inductor_cache_counts()
     sync(device)
     start = time.perf_counter()
-    step()
+    out = step()
     sync(device)
     seconds = time.perf_counter() - start
     new_hits, new_misses = inductor_cache_counts()
     cache = "miss" if new_misses > misses else ("hit" if new_hits > hits else "")
-    return seconds, cache
+    return seconds, cache, out
 
 
 def minor_faults_per_step(step, device: str, steps: int = 3) -> float:

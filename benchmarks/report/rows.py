@@ -11,6 +11,7 @@ from benchmarks import cases
 FIELDS = ["device", "dtype", "pass", "shape", "elements", "latent_elements", "recon", "candidate",
           "threads", "median_ms", "iqr_ms", "mean_ms", "runs", "number_per_run", "bytes_moved",
           "gbps", "first_call_s", "compile_cache", "memory_bytes", "faults_per_step", "others_cores", "error",
+          "value", "rel_diff_vs_eager",  # the loss of the first call, and how far it is from eager's
           # the machine, on every line, so CSVs of several machines can be concatenated
           "cpu", "cpu_kernels", "inductor_isa"]
 
@@ -31,7 +32,7 @@ def dtype_name(dtype) -> str:
 
 def make_row(shape, dtype, device, pass_name, recon, candidate, threads, timing=None,
              first_call_s=None, compile_cache="", memory_bytes=None, faults=None, error="",
-             floor_of=None) -> dict:
+             floor_of=None, value=None) -> dict:
     """One CSV row: a candidate's measurement on one case. A floor row (recon
     "-") moves the bytes of the loss named by floor_of."""
     if candidate.startswith("fill-"):
@@ -54,7 +55,7 @@ def make_row(shape, dtype, device, pass_name, recon, candidate, threads, timing=
         "gbps": None if not (moved and median) else moved / median / 1e9,
         "first_call_s": first_call_s, "compile_cache": compile_cache,
         "memory_bytes": memory_bytes, "faults_per_step": faults, "others_cores": None,
-        "error": error,
+        "error": error, "value": value, "rel_diff_vs_eager": None,
     }
 
 

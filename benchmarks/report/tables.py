@@ -130,3 +130,31 @@ def targets_lines(res: Results):
         lines.append(f"[{verdict}] {shape}, {cases.PASS_NAMES[pass_name]}: {label} — measured "
                      f"{fmt_x(value, 2)}{noisy}")
     return lines
+
+
+# ---------------------------------------------------------------------------
+# Values: every candidate must compute eager's loss
+
+VALUE_TOLERANCE = {"float64": 1e-9, "float32": 1e-4, "float16": 1e-2, "bfloat16": 2e-2}
+DISAGREE_HEAD = ["device", "dtype", "pass", "shape", "recon", "candidate", "loss", "eager's loss",
+                 "relative difference"]
+
+
+def disagreements(res: Results):
+    """Lines of candidates whose first-call loss differs from eager's (same
+    inputs) by more than the dtype's tolerance: a timing of another loss."""
+    out = []
+    for r in res.rows:
+        diff = r.get("rel_diff_vs_eager")
+        if diff is None or diff <= VALUE_TOLERANCE.get(r["dtype"], 1e-4):
+            continue
+        key = (r["device"], r["dtype"], r["pass"], r["shape"])
+        eager = res.get(key, r["recon"], "eager")
+        out.append([r["device"], r["dtype"], r["pass"], r["shape"], r["recon"], r["candidate"],
+                    f"{r['value']:.7g}", f"{eager['value']:.7g}", f"{diff:.1e}"])
+    return out
+
+
+DISAGREE_TEXT = ("DISAGREE: these candidates' loss differs from eager's on the same inputs by more than "
+                 + ", ".join(f"{v:g} ({k})" for k, v in VALUE_TOLERANCE.items())
+                 + " relative: their timings are not of the same loss.")

@@ -29,6 +29,8 @@ def stdout_report(rows, env) -> str:
         if suspect:
             parts += [text_table(tables.SUSPECT_HEAD, suspect)]
         parts += [""]
+    if tables.disagreements(res):
+        parts += [tables.DISAGREE_TEXT, text_table(tables.DISAGREE_HEAD, tables.disagreements(res)), ""]
     target_lines = tables.targets_lines(res)
     if target_lines:
         parts += ["Targets (CPU, float32, BCE):"] + ["  " + line for line in target_lines] + [""]
@@ -85,6 +87,9 @@ def markdown(rows, profiles, env, command, elapsed, plot_names) -> str:
         lines += ["## Suspect compiled baselines", "", *tables.suspect_text(res, env), ""]
         if suspect:
             lines += [md_table(tables.SUSPECT_HEAD, suspect), ""]
+    if tables.disagreements(res):
+        lines += ["## Values that disagree with eager", "", tables.DISAGREE_TEXT, "",
+                  md_table(tables.DISAGREE_HEAD, tables.disagreements(res)), ""]
     target_lines = tables.targets_lines(res)
     if target_lines:
         lines += ["## Targets (CPU, float32, BCE, forward+backward unless noted)", "", "```",
