@@ -7,7 +7,9 @@ losses written in plain PyTorch. Run `python -m benchmarks --quick`, or see
 Modules: __main__ (the command line), plan (which cases run), cases (shapes,
 candidates, passes, floor), family (the latent-diffusion and VDVAE losses),
 runner (measuring a case), timing (how each figure is measured), machine (the
-CPU, the ISAs, other load), report/ (stdout, CSV, markdown, plots).
+CPU, the ISAs, other load), report/ (stdout, CSV, markdown, plots), check
+(`python -m benchmarks.check`: every candidate computes eager's loss and
+gradients, float64).
 """
 import sys
 from pathlib import Path
