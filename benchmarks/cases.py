@@ -1,16 +1,18 @@
 """What is measured: the shapes, the candidates (loss functions), the two
 passes a training loop runs, the memory-bandwidth floor and the end-to-end
-training step."""
+training step. The latent-diffusion and VDVAE losses are in family.py."""
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 import vae_fused
+from benchmarks import family
+from examples.models import ExampleVAE
 
 
 # ---------------------------------------------------------------------------
@@ -21,6 +23,7 @@ class Shape:
     name: str
     data: tuple    # recon_x / x shape (B, ...)
     latent: tuple  # mu / logvar shape (B, L)
+    binary: bool = False  # targets x exactly 0 or 1 (binarized images), else in [0, 1]
 
     @property
     def elements(self) -> int:
@@ -39,6 +42,19 @@ M12 = Shape("12.6M 64x3x256x256", (64, 3, 256, 256), (64, 512))
 
 REALISTIC = [MNIST, CIFAR, CELEBA, M3, M12]
 QUICK = [MNIST, M3, M12]
+# Binarized MNIST (targets exactly 0/1), beside the same shapes with continuous targets.
+MNIST_BINARY = Shape("MNIST 128x784 binary", MNIST.data, MNIST.latent, binary=True)
+M3_BINARY = Shape("3.1M 64x3x128x128 binary", M3.data, M3.latent, binary=True)
+BINARY = [MNIST_BINARY, M3_BINARY]
+BINARY_OF = {MNIST_BINARY.name: MNIST.name, M3_BINARY.name: M3.name}
+# A tiny batch: what a call costs the host (Python, dispatch, autograd), in µs.
+HOST = Shape("host overhead 8x16", (8, 16), (8, 8))
+# The loss family (family.py): a Stable-Diffusion-VAE-like size, and a VDVAE
+# layer's KL against a learned prior (L = 16x32x32 per sample) with a small image.
+LDM = Shape("latent diffusion 8x3x256x256", (8, 3, 256, 256), (8, 4, 32, 32))
+VDVAE = Shape("VDVAE prior KL 32x16x32x32", (32, 3, 32, 32), (32, 16, 32, 32))
+FAMILY = [(LDM, "ldm"), (VDVAE, "vdvae")]
+NAMED = REALISTIC + BINARY + [HOST, LDM, VDVAE]
 # The issue's targets are stated at these two (CPU, float32, BCE).
 TARGET_SHAPES = [M3, M12]
 BIG = M12  # where the report breaks the time down
@@ -57,7 +73,7 @@ def sweep_shape(elements: int) -> Shape:
 
 
 def is_sweep(shape_name: str) -> bool:
-    return shape_name not in {s.name for s in REALISTIC}
+    return shape_name not in {s.name for s in NAMED}
 
 
 # ---------------------------------------------------------------------------
@@ -98,6 +114,34 @@ def fused_loss(recon: str):
     return fused
 
 
+@dataclass(frozen=True)
+class Loss:
+    """One loss the suite times (its name is the 'recon' column): the eager
+    function, the fused call, its inputs and which of them need a gradient,
+    and the bytes a pass over its tensors must move at least."""
+    name: str
+    eager: Callable
+    fused: Callable
+    make_inputs: Callable          # (shape, dtype, device) -> [tensors], eager's argument order
+    needs_grad: tuple              # per input: a leaf that gets a gradient in training
+    passes: dict | None = None     # pass -> (passes over the data, over the latents); None: PASS_TENSORS
+
+
+STANDARD_NEEDS_GRAD = (True, False, True, True)  # recon_x, x (the data: no), mu, logvar
+
+
+def _standard(recon: str) -> Loss:
+    return Loss(recon, EAGER[recon], fused_loss(recon),
+                lambda shape, dtype, device: make_inputs(shape, dtype, device, recon), STANDARD_NEEDS_GRAD)
+
+
+LOSSES = {recon: _standard(recon) for recon in RECONS}
+LOSSES["ldm"] = Loss("ldm", family.eager_ldm, family.fused_ldm, family.ldm_inputs,
+                     family.LDM_NEEDS_GRAD, family.LDM_PASSES)
+LOSSES["vdvae"] = Loss("vdvae", family.eager_vdvae, family.fused_vdvae, family.vdvae_inputs,
+                       family.VDVAE_NEEDS_GRAD, family.VDVAE_PASSES)
+
+
 @dataclass
 class Candidate:
     name: str   # "eager", "compiled" or "fused"
@@ -117,13 +161,19 @@ def compiled(fn):
 
 
 def make_candidate(name: str, recon: str) -> Candidate:
+    loss = LOSSES[recon]
     if name == "eager":
-        return Candidate(name, recon, EAGER[recon])
+        return Candidate(name, recon, loss.eager)
     if name == "compiled":
-        return Candidate(name, recon, compiled(EAGER[recon]))
+        return Candidate(name, recon, compiled(loss.eager))
     if name == "fused":
-        return Candidate(name, recon, fused_loss(recon))
+        return Candidate(name, recon, loss.fused)
     raise ValueError(name)
+
+
+def case_inputs(shape: Shape, dtype, device, recon: str):
+    """The inputs of `recon`'s loss at this shape, the same for every candidate."""
+    return LOSSES[recon].make_inputs(shape, dtype, device)
 
 
 # ---------------------------------------------------------------------------
@@ -140,6 +190,8 @@ def make_inputs(shape: Shape, dtype, device, recon: str):
     else:  # probabilities, away from 0 and 1
         recon_x = torch.rand(shape.data, generator=g) * 0.98 + 0.01
     x = torch.rand(shape.data, generator=g)
+    if shape.binary:  # binarized images: every target exactly 0 or 1
+        x = (x >= 0.5).float()
     if recon == "mse":
         x = x * 2 - 1
     mu = torch.randn(shape.latent, generator=g)
@@ -147,15 +199,14 @@ def make_inputs(shape: Shape, dtype, device, recon: str):
     return [t.to(device=device, dtype=dtype) for t in (recon_x, x, mu, logvar)]
 
 
-def training_leaves(inputs):
-    """recon_x, mu and logvar as leaves that need a gradient (what the decoder
-    and encoder outputs are to the loss); x, the data, does not."""
-    recon_x, x, mu, logvar = inputs
-    return [recon_x.detach().requires_grad_(), x,
-            mu.detach().requires_grad_(), logvar.detach().requires_grad_()]
+def training_leaves(inputs, needs_grad=STANDARD_NEEDS_GRAD):
+    """The inputs, those marked in needs_grad as leaves that need a gradient
+    (recon_x, mu and logvar: what the decoder and encoder outputs are to the
+    loss; x, the data, does not)."""
+    return [t.detach().requires_grad_() if grad else t for t, grad in zip(inputs, needs_grad)]
 
 
-def forward_step(fn, inputs):
+def forward_step(fn, inputs, needs_grad=None):
     """Eval/inference loss: forward only, no autograd graph."""
     def step():
         with torch.no_grad():
@@ -163,11 +214,11 @@ def forward_step(fn, inputs):
     return step
 
 
-def training_step(fn, inputs):
+def training_step(fn, inputs, needs_grad=STANDARD_NEEDS_GRAD):
     """Training loss: forward + backward into fresh .grad every step
     (set_to_none, the optimizer's default), as a training loop sees it --
     including the first-touch cost of any newly allocated gradient buffer."""
-    leaves = training_leaves(inputs)
+    leaves = training_leaves(inputs, needs_grad)
     with_grad = [t for t in leaves if t.requires_grad]
 
     def step():
@@ -186,18 +237,24 @@ PASS_NAMES = {"fwd": "forward (no_grad)", "fwdbwd": "forward+backward"}
 PASS_TENSORS = {"fwd": 2, "fwdbwd": 3}
 
 
-def bytes_moved(shape: Shape, dtype, pass_name: str) -> int:
+def bytes_moved(shape: Shape, dtype, pass_name: str, recon: str = "bce") -> int:
+    """The standard losses count the data passes only (the latents are tiny
+    next to them); the family's losses count both."""
     itemsize = torch.empty((), dtype=dtype).element_size()
-    return PASS_TENSORS[pass_name] * shape.elements * itemsize
+    passes = LOSSES[recon].passes if recon in LOSSES else None
+    if passes is None:
+        return PASS_TENSORS[pass_name] * shape.elements * itemsize
+    data, latent = passes[pass_name]
+    return (data * shape.elements + latent * shape.latent_elements) * itemsize
 
 
 # ---------------------------------------------------------------------------
 # The floor and the cost of fresh memory. Rows of these carry recon "-".
 
-def floor_step(shape: Shape, dtype, device, pass_name: str):
+def floor_step(shape: Shape, dtype, device, pass_name: str, recon: str = "bce"):
     """A copy that streams the pass's bytes (half read, half written) between
     two buffers allocated once: the memory-bandwidth floor of the pass."""
-    n = shape.elements * PASS_TENSORS[pass_name] // 2
+    n = bytes_moved(shape, dtype, pass_name, recon) // torch.empty((), dtype=dtype).element_size() // 2
     src = torch.rand(n, device=device).to(dtype)
     dst = torch.empty_like(src)
     return lambda: dst.copy_(src)
@@ -220,25 +277,7 @@ MEMORY_STEPS = {"fill-fresh": fresh_fill_step, "fill-reused": reused_fill_step}
 
 
 # ---------------------------------------------------------------------------
-# The end-to-end row: pytorch/examples' VAE, one training step
-
-class ExampleVAE(nn.Module):
-    """pytorch/examples vae/main.py: 784-400-20-400-784 MLP."""
-
-    def __init__(self):
-        super().__init__()
-        self.fc1 = nn.Linear(784, 400)
-        self.fc21 = nn.Linear(400, 20)
-        self.fc22 = nn.Linear(400, 20)
-        self.fc3 = nn.Linear(20, 400)
-        self.fc4 = nn.Linear(400, 784)
-
-    def forward(self, x):
-        h1 = F.relu(self.fc1(x))
-        mu, logvar = self.fc21(h1), self.fc22(h1)
-        z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
-        return torch.sigmoid(self.fc4(F.relu(self.fc3(z)))), mu, logvar
-
+# The end-to-end row: pytorch/examples' VAE (examples/models.py), one training step
 
 E2E_BATCH = 128
 

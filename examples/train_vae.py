@@ -1,7 +1,7 @@
-"""The pytorch/examples VAE (D-400-20-400-D MLP), trained with PyTorch's loss,
-vae_fused's, or both side by side. Runs offline: MNIST from a local
-torchvision-format folder if given (--mnist PATH), otherwise the 8x8 digits
-that scikit-learn ships.
+"""The pytorch/examples VAE (D-400-20-400-D MLP: ExampleVAE, examples/models.py),
+trained with PyTorch's loss, vae_fused's, or both side by side. Runs offline:
+MNIST from a local torchvision-format folder if given (--mnist PATH), otherwise
+the 8x8 digits that scikit-learn ships.
 
   python examples/train_vae.py --demo                 # both losses, float64, ~5 s
   python examples/train_vae.py                        # fused loss, 50 epochs of the digits, ~6 s
@@ -23,42 +23,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
 from torch.nn import functional as F
 
 import vae_fused
 
-LATENT = 20
+if __package__:  # imported as examples.train_vae
+    from .models import ExampleVAE
+else:  # run as a file, python examples/train_vae.py: this folder is sys.path[0]
+    from models import ExampleVAE
 
-
-class VAE(nn.Module):
-    """pytorch/examples vae/main.py, with D input pixels instead of 784 and the
-    reparameterization noise passed in (so two runs can share it)."""
-
-    def __init__(self, d: int, hidden: int = 400, latent: int = LATENT):
-        super().__init__()
-        self.fc1 = nn.Linear(d, hidden)
-        self.fc21 = nn.Linear(hidden, latent)
-        self.fc22 = nn.Linear(hidden, latent)
-        self.fc3 = nn.Linear(latent, hidden)
-        self.fc4 = nn.Linear(hidden, d)
-
-    def encode(self, x):
-        h1 = F.relu(self.fc1(x))
-        return self.fc21(h1), self.fc22(h1)
-
-    def reparameterize(self, mu, logvar, eps):
-        std = torch.exp(0.5 * logvar)
-        return mu + eps * std
-
-    def decode(self, z):
-        h3 = F.relu(self.fc3(z))
-        return torch.sigmoid(self.fc4(h3))
-
-    def forward(self, x, eps):
-        mu, logvar = self.encode(x)
-        z = self.reparameterize(mu, logvar, eps)
-        return self.decode(z), mu, logvar
+LATENT = 20  # ExampleVAE's latent size (pytorch/examples')
 
 
 def torch_loss(recon_x, x, mu, logvar):
@@ -129,7 +103,7 @@ class Run:
         self.name = loss_name
         self.loss_fn = LOSSES[loss_name]
         torch.manual_seed(args.seed)  # same initial weights for every run
-        self.model = VAE(d).to(device=device, dtype=dtype)
+        self.model = ExampleVAE(d).to(device=device, dtype=dtype)
         self.opt = torch.optim.Adam(self.model.parameters(), lr=args.lr)
         self.shuffle = torch.Generator().manual_seed(args.seed)      # batch order
         self.noise = torch.Generator().manual_seed(args.seed + 1)    # reparameterization eps
@@ -170,7 +144,7 @@ def warm_up(d, dtype, device):
     """One throwaway step per loss on a scratch model, so that the first timed
     epoch doesn't pay for the process's one-time setup (kernel selection,
     allocator, lazy imports). Uses the global RNG only, which the runs don't."""
-    model = VAE(d).to(device=device, dtype=dtype)
+    model = ExampleVAE(d).to(device=device, dtype=dtype)
     opt = torch.optim.Adam(model.parameters())
     x = torch.rand(8, d, dtype=dtype, device=device)
     for loss_fn in LOSSES.values():
