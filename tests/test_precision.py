@@ -1,0 +1,60 @@
+"""Half-precision gradients keep eager's precision under a GradScaler-sized
+upstream gradient; binary targets take a faster path with the same results."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+import vae_fused
+
+
+def _zero_fraction(t):
+    return (t == 0).double().mean().item()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+def test_mean_reduction_times_grad_scaler_does_not_underflow(dtype):
+    # 4M half elements, reduction="mean": 1/N = 2.4e-7 is below fp16's normal range;
+    # eager scales in float before rounding, and so must the op
+    g = torch.Generator().manual_seed(0)
+    n_rows, d = 4096, 1024
+    p = (torch.rand(n_rows, d, generator=g) * 0.98 + 0.01).to(dtype).requires_grad_()
+    x = torch.rand(n_rows, d, generator=g)
+    mu = torch.randn(n_rows, 8, generator=g).to(dtype).requires_grad_()
+    lv = (torch.randn(n_rows, 8, generator=g) * 0.5).to(dtype).requires_grad_()
+    upstream = 65536.0
+    (vae_fused.vae_loss(p, x, mu, lv, reduction="mean") * upstream).backward()
+    fused = p.grad.clone()
+    p.grad = None
+    eager = F.binary_cross_entropy(p.float(), x, reduction="mean").to(dtype)  # what autocast users get
+    (eager * upstream).backward()
+    assert abs(_zero_fraction(fused) - _zero_fraction(p.grad)) <= 1e-3
+    # and the values agree with float64 to half precision
+    expected = ((p.double() - x.double()) / (p.double() * (1 - p.double()))) * upstream / p.numel()
+    rel = ((fused.double() - expected).abs() / expected.abs().clamp_min(1e-30))
+    assert rel.median() < (2e-2 if dtype == torch.bfloat16 else 2e-3)
+
+
+@pytest.mark.parametrize("shape", [(7, 33), (4, 3000), (1, 16)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16], ids=str)
+def test_binary_targets_give_the_general_paths_results(shape, dtype):
+    # The same loss with a target of exactly 0/1 and one where a single element is
+    # 0.5 (that vector block takes the general path): the untouched elements'
+    # gradients must be bit-identical, and the loss must match float64 F.bce.
+    g = torch.Generator().manual_seed(1)
+    p = (torch.rand(shape, generator=g, dtype=torch.float64) * 0.98 + 0.01).to(dtype).requires_grad_()
+    x = (torch.rand(shape, generator=g, dtype=torch.float64) > 0.5).to(dtype)
+    mu, lv = torch.zeros(shape[0], 1), torch.zeros(shape[0], 1)
+    loss = vae_fused.vae_loss(p, x, mu, lv, reduction="none")
+    (grad_binary,) = torch.autograd.grad(loss.sum(), p)
+    expected = F.binary_cross_entropy(p.detach().double(), x.double(), reduction="none").sum(1)
+    tol = dict(rtol=1e-5, atol=1e-6) if dtype != torch.float64 else dict(rtol=1e-12, atol=0)
+    if dtype == torch.bfloat16:
+        tol = dict(rtol=2e-2, atol=1e-3)
+    torch.testing.assert_close(loss.double(), expected, **tol)
+    # a generic target that happens to be binary, read through the general rule
+    x_mixed = x.clone()
+    x_mixed.view(-1)[-1] = 0.5
+    (grad_mixed,) = torch.autograd.grad(vae_fused.vae_loss(p, x_mixed, mu, lv).sum(), p)
+    flat_b, flat_m = grad_binary.reshape(-1)[:-64], grad_mixed.reshape(-1)[:-64]
+    assert torch.equal(flat_b, flat_m)
