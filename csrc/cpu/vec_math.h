@@ -4,15 +4,26 @@
 //   at::vec::Vectorized<float> fast_log(const at::vec::Vectorized<float>& x);
 //   at::vec::Vectorized<float> fast_log1p(const at::vec::Vectorized<float>& x);
 //   at::vec::Vectorized<float> fast_exp(const at::vec::Vectorized<float>& x);
-//   float fast_log(float), fast_log1p(float), fast_exp(float)  (same algorithm,
-//   one lane: for scalar tails; bit-identical to a vector lane where the build
-//   has FMA)
+//   float fast_log(float), fast_log1p(float), fast_exp(float)  (the same
+//   algorithm on one lane, for scalar tails)
 //
 // Accuracy, float32 result against the float64 function, in ulps of the
 // float32-rounded exact value (|got - exact| / ulp, ulp floored at 2^-149):
 // <= 2 ulp for all three over their whole float domain, in every build
 // (checked by tests/test_vec_math.py: strided sweeps by default, every float
 // under -m slow). float64 code keeps ATen's / libm's full-precision math.
+// Measured maxima, every float of the range (AMD EPYC, AVX-512 machine):
+//
+//   function    range                  AVX-512 = AVX2    DEFAULT (unfused)
+//   fast_log    [2^-149, FLT_MAX]      0.92 ulp          0.90 ulp
+//   fast_log1p  (-1, 2^24]             0.91 ulp          1.06 ulp
+//   fast_exp    [-104, 89]             1.02 ulp          0.99 ulp
+//   log1p(exp(-|z|)) as BCE-with-logits uses it, every 16th float z in
+//   [-110, 110]:                        1.57 ulp          1.68 ulp
+//
+// The AVX2 and AVX-512 builds are bit-identical (same operations, same
+// order; a test checks it). DEFAULT evaluates a*b + c unfused unless the
+// compiler has a fast fmaf (then std::fma, e.g. on aarch64).
 //
 // Special values are those of std::log / log1p / exp:
 //   log:   +0, -0 -> -inf; x < 0 -> NaN; NaN -> NaN; +inf -> +inf; denormal
