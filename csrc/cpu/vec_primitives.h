@@ -9,6 +9,8 @@
 
 #include <limits>
 
+#include "vec_math.h"
+
 #if !defined(CPU_CAPABILITY)
 #error "vec_primitives.h is for the per-ISA CPU sources (see setup.py)"
 #endif
@@ -30,44 +32,12 @@ inline at::vec::Vectorized<S> vmin(const at::vec::Vectorized<S>& a,
 }
 template <typename S>
 inline at::vec::Vectorized<S> vlog(const at::vec::Vectorized<S>& a) { return a.log(); }
-// float lanes: at::vec's log is sleef's 1-ulp routine; the loss needs two
-// logs per element and is bound by them, so a cheaper log pays directly.
-// AVX-512: exponent and mantissa from getexp/getmant (mantissa in [0.75, 1.5),
-// so f = m - 1 is small and exact), then log1p(f) = f + f^2 r(f) with r a
-// degree-7 least-squares fit on [-0.25, 0.5) (max error 1.1e-7 relative, i.e.
-// about one float ulp; special values as std::log: 0 -> -inf, x < 0 -> NaN,
-// NaN -> NaN). AVX2: sleef's 3.5-ulp log. Over (0, 1) both stay within 2.6e-7
-// of the float64 log, and a 4M-element float32 loss within 2e-8 of float64.
-#if defined(CPU_CAPABILITY_AVX512)
-inline at::vec::Vectorized<float> vlog(const at::vec::Vectorized<float>& a) {
-  const __m512 x = a;
-  const __m512 one = _mm512_set1_ps(1.0f);
-  const __m512 m = _mm512_getmant_ps(x, _MM_MANT_NORM_p75_1p5, _MM_MANT_SIGN_zero);
-  __m512 e = _mm512_getexp_ps(x);
-  // getmant folds mantissas in [1.5, 2) down to [0.75, 1): one more in the exponent.
-  e = _mm512_mask_add_ps(e, _mm512_cmp_ps_mask(m, one, _CMP_LT_OQ), e, one);
-  const __m512 f = _mm512_sub_ps(m, one);
-  __m512 r = _mm512_set1_ps(0.052685316652059555f);
-  r = _mm512_fmadd_ps(r, f, _mm512_set1_ps(-0.11928088217973709f));
-  r = _mm512_fmadd_ps(r, f, _mm512_set1_ps(0.14967049658298492f));
-  r = _mm512_fmadd_ps(r, f, _mm512_set1_ps(-0.16838450729846954f));
-  r = _mm512_fmadd_ps(r, f, _mm512_set1_ps(0.19979919493198395f));
-  r = _mm512_fmadd_ps(r, f, _mm512_set1_ps(-0.24992845952510834f));
-  r = _mm512_fmadd_ps(r, f, _mm512_set1_ps(0.33333471417427063f));
-  r = _mm512_fmadd_ps(r, f, _mm512_set1_ps(-0.5000007152557373f));
-  const __m512 log1p_f = _mm512_fmadd_ps(_mm512_mul_ps(f, f), r, f);
-  // e * ln 2 in two parts (ln2_hi has few bits, so e * ln2_hi is exact).
-  __m512 result = _mm512_fmadd_ps(e, _mm512_set1_ps(1.428606765330187e-06f), log1p_f);
-  result = _mm512_fmadd_ps(e, _mm512_set1_ps(0.693145751953125f), result);
-  // log of a negative number is NaN (getmant above used |x|); -0 stays -inf.
-  const __mmask16 negative = _mm512_cmp_ps_mask(x, _mm512_setzero_ps(), _CMP_LT_OQ);
-  return _mm512_mask_mov_ps(result, negative, _mm512_set1_ps(std::numeric_limits<float>::quiet_NaN()));
-}
-#elif defined(CPU_CAPABILITY_AVX2)
-inline at::vec::Vectorized<float> vlog(const at::vec::Vectorized<float>& a) {
-  return Sleef_logf8_u35(a);
-}
-#endif
+// float lanes: the op's own polynomial log/log1p/exp (vec_math.h, <= 2 ulp,
+// about 2-4x Sleef's): the loss is two logs per element and bound by them.
+// double lanes keep ATen's full-precision routines.
+inline at::vec::Vectorized<float> vlog(const at::vec::Vectorized<float>& a) { return fast_log(a); }
+inline at::vec::Vectorized<float> vlog1p(const at::vec::Vectorized<float>& a) { return fast_log1p(a); }
+inline at::vec::Vectorized<float> vexp(const at::vec::Vectorized<float>& a) { return fast_exp(a); }
 template <typename S>
 inline at::vec::Vectorized<S> vlog1p(const at::vec::Vectorized<S>& a) { return a.log1p(); }
 template <typename S>
