@@ -65,10 +65,26 @@ for tool in memcheck racecheck initcheck synccheck; do
 done
 
 echo "== 4. benchmarks"
+# run from a copy so that the installed vae_fused is imported (the checkout's
+# vae_fused/ has no compiled library); results come back to benchmarks/results/
+GPU_TAG=$(python -c "import re, torch; print(re.sub(r'[^a-z0-9]+', '-', torch.cuda.get_device_name().lower()).strip('-'))")
+OUT="$PWD/benchmarks/results/$GPU_TAG"
+cp -r benchmarks "$TESTDIR/"
 if [ "$QUICK" = "--quick" ]; then
-  python -m benchmarks --device cuda --dtype float32 --pass fwdbwd --sizes 20:26:2
+  (cd "$TESTDIR" && python -m benchmarks --device cuda --dtype float32 --pass fwdbwd --sizes 20:26:2 --out "$OUT")
 else
-  python -m benchmarks --device cuda
+  (cd "$TESTDIR" && python -m benchmarks --device cuda --out "$OUT")
 fi
-ls benchmarks/results/
+# the copy-bandwidth floor: each fused row's time against the floor row of its case
+python - "$OUT/results.csv" <<'PY'
+import csv, sys
+rows = list(csv.DictReader(open(sys.argv[1])))
+floor = {(r["dtype"], r["pass"], r["shape"]): float(r["median_ms"]) for r in rows
+         if r["candidate"] == "floor" and r["median_ms"]}
+for r in rows:
+    key = (r["dtype"], r["pass"], r["shape"])
+    if r["candidate"] == "fused" and key in floor and r["median_ms"]:
+        print(f"{r['shape']:>24} {r['dtype']:>9} {r['pass']:>6} {r['recon']:>10}: "
+              f"fused {float(r['median_ms']):.4f} ms = {float(r['median_ms']) / floor[key]:.2f} x copy floor")
+PY
 echo "verify_gpu: all steps passed"
