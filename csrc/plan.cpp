@@ -106,7 +106,29 @@ double term_reduction_scale(int index, const LossInputs& in, const LossOptions& 
                               target.sym_numel().guard_int(__FILE__, __LINE__));
 }
 
-ForwardPlan plan_forward(const LossInputs& in, const LossOptions& opts, int64_t grad_mask) {
+bool dense_same_layout(const at::Tensor& a, const at::Tensor& b) {
+  if (a.strides() != b.strides() || !a.is_non_overlapping_and_dense()) return false;
+  return a.dim() == 0 || a.size(0) <= 1 || a.stride(0) == features_per_sample(a);
+}
+
+namespace {
+
+// Keeps a term's inputs as laid out (see plan_forward) where allowed.
+void keep_layout(TermPlan& term, const at::Tensor& a, const at::Tensor& b) {
+  if (term.a.data_ptr() == a.data_ptr() && term.b.data_ptr() == b.data_ptr()) return;  // no copy made
+  if (!dense_same_layout(a, b)) return;
+  for (int k = 0; k < term.extra_count; ++k) {
+    const ExtraPlan& e = term.extras[k];
+    if (e.operand.present() && e.operand.col_stride != 0 && !a.is_contiguous()) return;
+  }
+  term.a = a;
+  term.b = b;
+}
+
+}  // namespace
+
+ForwardPlan plan_forward(const LossInputs& in, const LossOptions& opts, int64_t grad_mask,
+                         bool keep_dense_layout) {
   ForwardPlan plan;
   plan.recon = plan_term(in.recon_x, in.x, kReconX, opts.reduction, grad_mask);
   plan.kl = plan_term(in.mu, in.logvar, kMu, opts.kl_reduction, grad_mask);
@@ -123,6 +145,10 @@ ForwardPlan plan_forward(const LossInputs& in, const LossOptions& opts, int64_t 
   }
   plan.kl.keeps_values = opts.free_bits > 0.0;
   plan.kl.free_bits = opts.free_bits;
+  if (keep_dense_layout) {
+    keep_layout(plan.recon, in.recon_x, in.x);
+    keep_layout(plan.kl, in.mu, in.logvar);
+  }
   return plan;
 }
 

@@ -32,7 +32,7 @@ struct ExtraPlan {
 };
 
 struct TermPlan {
-  at::Tensor a, b;       // contiguous: recon_x and x, or mu and logvar
+  at::Tensor a, b;       // recon_x and x, or mu and logvar: contiguous, or as laid out (see plan_forward)
   int index_a = 0, index_b = 0;
   bool wants_grad_a = false, wants_grad_b = false;
   int64_t rows = 0, cols = 0;
@@ -53,7 +53,17 @@ struct ForwardPlan {
 };
 
 // `in` must come from converted_inputs; grad_mask bit i asks for input i's gradient.
-ForwardPlan plan_forward(const LossInputs& in, const LossOptions& opts, int64_t grad_mask);
+// keep_dense_layout (the CUDA op): a term whose two inputs share their strides,
+// are non-overlapping and dense with the batch dim outermost (channels_last,
+// say) is read as laid out, unless it has an extra stored per element and is
+// not contiguous (extras are laid out contiguously); its gradients are then
+// allocated with the same strides (at::empty_like). Otherwise a and b are
+// made contiguous.
+ForwardPlan plan_forward(const LossInputs& in, const LossOptions& opts, int64_t grad_mask,
+                         bool keep_dense_layout = false);
+
+// Whether a and b can be read as laid out, row r at [r * cols, (r + 1) * cols).
+bool dense_same_layout(const at::Tensor& a, const at::Tensor& b);
 
 // Whether an extra's gradient comes back as per-sample sums, shape (B,):
 // constant along each sample (0-d, (B, 1, ..., 1), (1, ..., 1)) -- except
