@@ -57,9 +57,10 @@ VAE_FUSED_HD float vexp(float a) { return ::expf(a); }
 VAE_FUSED_HD double vexp(double a) { return ::exp(a); }
 VAE_FUSED_HD float vabs(float a) { return ::fabsf(a); }
 VAE_FUSED_HD double vabs(double a) { return ::fabs(a); }
-// n / d to about one ulp: exact division in scalar code; the float vector
-// overload below uses the reciprocal estimate plus a Newton step, because a
-// vector division costs as much as the rest of the BCE pass.
+// n / d to about one ulp: exact division in host scalar code; the float
+// overloads for CUDA threads (below) and CPU vectors (csrc/cpu/vec_primitives.h)
+// use a reciprocal plus a Newton step, because a division costs as much as the
+// rest of the BCE pass.
 template <typename S>
 VAE_FUSED_HD S vdiv(S n, S d) { return n / d; }
 // float on a CUDA device: the reciprocal plus one Newton step on the
@@ -244,15 +245,19 @@ VAE_FUSED_HD void bce_binary_target_value_and_grad(V p, V t, M t_is_one, V& loss
 // decoders around an element loss l (any recon mode):
 //   l' = wh * ((l + o) e^-s + s),   wh = w * (1/2 for "mse" with s, else 1),
 // with offset o, learned log-scale s and weight w (absent: o = 0, w = 1; no s:
-// e^-s = 1 and s = 0, so l' = w (l + o)). Returns l', the factor that
-// multiplies l's own derivatives (which is also dl'/do), and dl'/ds.
+// e^-s = 1 and s = 0, so l' = w (l + o)). Applied in place to a rule's value
+// and derivatives; also gives dl'/ds and dl'/do (which is the factor that
+// multiplies l's own derivatives).
 template <typename V>
-VAE_FUSED_HD void likelihood_value_and_grad(V loss, V offset, V log_scale, V inv_scale,
-                                            V weight_half, V& value, V& d_loss, V& d_log_scale) {
-  const V scaled = (loss + offset) * inv_scale;
+VAE_FUSED_HD void apply_likelihood_options(V log_scale, V inv_scale, V offset, V weight_half,
+                                           V& value, V& d_input, V& d_target, V& d_log_scale,
+                                           V& d_offset) {
+  const V scaled = (value + offset) * inv_scale;
   value = weight_half * (scaled + log_scale);
-  d_loss = weight_half * inv_scale;
+  d_offset = weight_half * inv_scale;
   d_log_scale = weight_half * (V(1) - scaled);
+  d_input = d_input * d_offset;
+  d_target = d_target * d_offset;
 }
 // The 1/2 of the Gaussian NLL: F.gaussian_nll_loss = 0.5 (log var + (p - t)^2 / var).
 constexpr double likelihood_half(int mode, bool has_log_scale) {

@@ -72,12 +72,8 @@ struct ReconRule {
       }
     }
     if constexpr (kWithExtras) {
-      S d_loss;
-      likelihood_value_and_grad(value, e.value[1], e.value[0], e.inv_scale,
-                                e.value[2] * likelihood_half, value, d_loss, d_extra[0]);
-      d_a *= d_loss;
-      d_b *= d_loss;
-      d_extra[1] = d_loss;
+      apply_likelihood_options(e.value[0], e.inv_scale, e.value[1], e.value[2] * likelihood_half,
+                               value, d_a, d_b, d_extra[0], d_extra[1]);
       d_extra[2] = S(0);
     }
   }

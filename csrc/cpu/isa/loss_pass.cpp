@@ -106,12 +106,8 @@ struct ReconRule {
   template <typename V>
   static void with_extras(const Extras<V>& e, V& value, V& d_a, V& d_b, V* d_extra) {
     if constexpr (kWithExtras) {
-      V d_loss;
-      likelihood_value_and_grad(value, e.value[1], e.value[0], e.inv_scale,
-                                e.value[2] * e.likelihood_half, value, d_loss, d_extra[0]);
-      d_a = d_a * d_loss;
-      d_b = d_b * d_loss;
-      d_extra[1] = d_loss;
+      apply_likelihood_options(e.value[0], e.inv_scale, e.value[1], e.value[2] * e.likelihood_half,
+                               value, d_a, d_b, d_extra[0], d_extra[1]);
     }
   }
 };
