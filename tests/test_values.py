@@ -411,6 +411,35 @@ def test_mixed_dtypes_x_and_latents():
         assert g.dtype == t.dtype, (g.dtype, t.dtype)
 
 
+@pytest.mark.parametrize("reduction", ["none", "mean"])
+@pytest.mark.parametrize("recon", RECON_MODES)
+@pytest.mark.parametrize("dtype", LOW_PRECISION, ids=str)
+def test_half_recon_x_with_float32_x(dtype, recon, reduction):
+    """A half-precision output against float32 data (API.md: the data is read
+    as is, never rounded to half): the loss is float64 PyTorch's on the exact
+    numbers passed in to float32 accuracy; recon_x/mu/logvar gradients are that
+    float64 gradient rounded to their half dtype, x's gradient is float32 and
+    float32-accurate."""
+    inputs64 = make_inputs((16, 300), (16, 10), recon=recon)
+    leaves = [inputs64[0].to(dtype), inputs64[1].float(), inputs64[2].to(dtype), inputs64[3].to(dtype)]
+    leaves = [t.requires_grad_() for t in leaves]
+    assert any((leaves[1] != leaves[1].to(dtype).float()).flatten().tolist())  # x is not representable in half
+    rounded = [t.detach().double().requires_grad_() for t in leaves]
+    got = vae_fused.vae_loss(*leaves, recon=recon, reduction=reduction)
+    expected = oracle_loss(*rounded, recon=recon, reduction=reduction)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got.double(), expected, rtol=1e-5, atol=1e-6 * expected.abs().max().item())
+    for name, g, e, t in zip(("recon_x", "x", "mu", "logvar"), grads(got, leaves), grads(expected, rounded), leaves):
+        assert g.dtype == t.dtype and g.shape == t.shape, name
+        scale = e.abs().max().item()
+        if t.dtype == torch.float32:
+            tol = dict(rtol=1e-5, atol=1e-6 * scale)
+        else:  # one rounding to half of a float32-accurate value (subnormal spacing for tiny `mean` gradients)
+            fi = torch.finfo(dtype)
+            tol = dict(rtol=fi.eps, atol=1e-5 * scale + fi.smallest_normal * fi.eps)
+        torch.testing.assert_close(g.double(), e, **tol, msg=lambda m: f"grad {name}: {m}")
+
+
 def test_no_grad_path_matches_and_tracks_nothing():
     inputs = make_inputs(requires_grad=True)
     with torch.no_grad():
