@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import vae_fused
-from .helpers import make_inputs
+from .helpers import GRAD_TOL, TOL, grads, make_inputs, oracle_loss
 
 IMPLEMENTATIONS = [pytest.param(vae_fused.vae_loss, id="fused"),
                    pytest.param(vae_fused.reference.vae_loss, id="reference")]
@@ -153,9 +153,20 @@ def test_fused_and_reference_raise_the_same():
 def test_bce_input_out_of_range_is_pytorchs_error(fn, dtype, bad, recon):
     recon_x, x, mu, logvar = make_inputs((4, 3000), (4, 2), dtype=dtype)
     recon_x[2, 2999] = bad  # in the last (partial) vector block of a later row
-    if recon_x[2, 2999].item() == 1.0:  # 1.0000001 rounds to 1 in half precision: not out of range
-        return
     recon_x.requires_grad_()
+    if recon_x[2, 2999].item() == 1.0:
+        # 1.0000001 rounds to 1 in half precision: in range, so no error, and the
+        # loss (BCE's -100 log clamp at p = 1; cbce: -inf, as log C(1) = +inf) is
+        # PyTorch's in float64 on the numbers actually passed in
+        assert dtype in (torch.bfloat16, torch.float16)
+        before = _snapshot((recon_x, x, mu, logvar))
+        got = fn(recon_x, x, mu, logvar, recon=recon)
+        expected = oracle_loss(*[t.detach().double() for t in (recon_x, x, mu, logvar)], recon=recon)
+        assert got.dtype == torch.float32
+        torch.testing.assert_close(got.double(), expected, rtol=1e-5, atol=1e-3)
+        for a, b in zip((recon_x, x, mu, logvar), before):
+            assert torch.equal(a.detach(), b)
+        return
     _raises_and_leaves_inputs(fn, (recon_x, x, mu, logvar), dict(recon=recon), RuntimeError,
                               "all elements of input should be between 0 and 1")
 
@@ -190,12 +201,28 @@ def test_pytorch_raises_the_same_input_message():
         torch.nn.functional.binary_cross_entropy(p, torch.tensor([[0.5]]))
 
 
-def test_out_of_range_is_fine_for_logits_and_mse():
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("recon", ["bce_logits", "mse"])
+def test_out_of_range_is_fine_for_logits_and_mse(recon, dtype):
+    """Logits and MSE take any real input and target: no error, and value and
+    gradients are torch.nn.functional's, in float64, on the same numbers."""
     recon_x, x, mu, logvar = make_inputs((4, 30), (4, 2))
     recon_x = recon_x * 10 - 5
     x = x * 3 - 1  # targets outside [0, 1] too
-    for recon in ("bce_logits", "mse"):
-        assert torch.isfinite(vae_fused.vae_loss(recon_x, x, mu, logvar, recon=recon))
+    low = [t.to(dtype).requires_grad_() for t in (recon_x, x, mu, logvar)]
+    rounded = [t.detach().double().requires_grad_() for t in low]
+    got = vae_fused.vae_loss(*low, recon=recon, reduction="none")
+    expected = oracle_loss(*rounded, recon=recon, reduction="none")
+    assert got.dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
+    # half inputs compute in float32: float32 accuracy on the rounded numbers
+    tol = TOL[torch.float64] if dtype == torch.float64 else TOL[torch.float32]
+    torch.testing.assert_close(got.double(), expected, **tol)
+    for g, e, t in zip(grads(got, low), grads(expected, rounded), low):
+        assert g.dtype == t.dtype
+        # gradients come back rounded to the input dtype
+        gtol = GRAD_TOL[torch.float64] if dtype == torch.float64 else dict(
+            rtol=2 * torch.finfo(dtype).eps, atol=1e-6 * e.abs().max().item())
+        torch.testing.assert_close(g.double(), e, **gtol)
 
 
 @pytest.mark.parametrize("fn", IMPLEMENTATIONS)

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 import vae_fused
-from .helpers import GRAD_TOL, RECON_MODES, REDUCTIONS, grads, leaf, make_inputs, oracle_loss, oracle_terms
+from .helpers import (GRAD_TOL, RECON_MODES, REDUCTIONS, check_low_precision, grads, leaf, make_inputs, oracle_loss,
+                      oracle_terms)
 
 # The op schema's codes, from their one Python home (tests/test_codes.py checks
 # each against the C++ side).
@@ -158,14 +159,43 @@ def test_scale_gradient_ops(shape, upstream_shape, dtype, scale):
     torch.library.opcheck(torch.ops.vae_fused.scale_gradient_.default, (grad.clone(), upstream, scale))
 
 
-def test_scaled_backward_keeps_dtypes():
-    inputs = [t.bfloat16().requires_grad_() for t in make_inputs((4, 50), (4, 3))]
-    (vae_fused.vae_loss(*inputs, reduction="none") * torch.tensor([1.0, 2.0, 0.5, 3.0])).sum().backward()
-    (vae_fused.vae_loss(*inputs) * 0.25).backward()
-    for t in inputs:
-        if t.requires_grad:
-            assert t.grad.dtype == torch.bfloat16 and torch.isfinite(t.grad.float()).all()
+def _oracle_grads(inputs_low, objective):
+    """(float64 gradients of objective on the numbers actually passed in, the
+    same gradients computed by PyTorch in the inputs' own low dtype)."""
+    rounded = [t.detach().double().requires_grad_() for t in inputs_low]
+    low = [t.detach().clone().requires_grad_() for t in inputs_low]
+    return grads(objective(rounded), rounded), grads(objective(low), low)
 
+
+def _check_grad(got, expected64, reference_low, what):
+    dtype = got.dtype
+    scale = expected64.abs().max().item()
+    if dtype in (torch.float32, torch.float64):
+        tol = GRAD_TOL[torch.float64] if dtype == torch.float64 else dict(rtol=1e-5, atol=1e-6 * scale)
+        torch.testing.assert_close(got.double(), expected64, **tol, msg=what)
+    else:
+        check_low_precision(got, expected64, reference_low, atol=2e-3 * scale, what=what)
+
+
+def test_scaled_backward_keeps_dtypes():
+    """bf16 inputs, two backward passes that accumulate into .grad: per-sample
+    upstream weights (reduction "none"), then a scaled sum. Gradients stay
+    bf16 and equal float64 PyTorch's within the error PyTorch makes in bf16."""
+    inputs = [t.bfloat16().requires_grad_() for t in make_inputs((4, 50), (4, 3))]
+    w = torch.tensor([1.0, 2.0, 0.5, 3.0])
+    (vae_fused.vae_loss(*inputs, reduction="none") * w).sum().backward()
+    (vae_fused.vae_loss(*inputs) * 0.25).backward()
+
+    def two_passes(leaves):  # the same two backward passes, accumulated the same way
+        g1 = grads((oracle_loss(*leaves, reduction="none") * w.to(leaves[0].dtype)).sum(), leaves)
+        g2 = grads(oracle_loss(*leaves) * 0.25, leaves)
+        return [(a + b) for a, b in zip(g1, g2)]
+
+    rounded = [t.detach().double().requires_grad_() for t in inputs]
+    low = [t.detach().clone().requires_grad_() for t in inputs]
+    for name, t, e, r in zip(("recon_x", "x", "mu", "logvar"), inputs, two_passes(rounded), two_passes(low)):
+        assert t.grad.dtype == torch.bfloat16 and t.grad.shape == t.shape
+        _check_grad(t.grad, e, r, f"grad {name}")
 
 
 @pytest.mark.parametrize("reduction", REDUCTIONS)
@@ -257,16 +287,24 @@ def test_per_sample_upstream_gradient(recon, kl_reduction):
         torch.testing.assert_close(g, e, **GRAD_TOL[torch.float64])
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
 def test_upstream_scaling_in_low_precision(dtype):
-    # a non-1 upstream gradient scales in the input's dtype and keeps it
+    # a non-1 upstream gradient scales in the input's dtype, keeps it, and the
+    # result is float64 PyTorch's (not only consistent with the unscaled call)
     inputs = make_inputs((4, 300), (4, 3), dtype=dtype, requires_grad=True)
-    plain = grads(vae_fused.vae_loss(*inputs), inputs)
-    scaled = grads(vae_fused.vae_loss(*inputs) * 0.25, inputs)  # a power of two: exact
     w = torch.tensor([1.0, 2.0, 0.5, 4.0])
-    per_row = grads(vae_fused.vae_loss(*inputs, reduction="none") * w, inputs)
-    for p, s, r, t in zip(plain, scaled, per_row, inputs):
-        assert s.dtype == dtype and r.dtype == dtype
+    objectives = {
+        "plain": lambda t, f: f(*t, beta=0.5),
+        "scaled": lambda t, f: f(*t, beta=0.5) * 0.25,  # a power of two: exact
+        "per_row": lambda t, f: (f(*t, reduction="none", beta=0.5) * w.to(t[0].dtype)).sum(),
+    }
+    got = {k: grads(obj(inputs, vae_fused.vae_loss), inputs) for k, obj in objectives.items()}
+    for k, obj in objectives.items():
+        expected, reference_low = _oracle_grads(inputs, lambda t: obj(t, oracle_loss))
+        for name, g, e, r, t in zip(("recon_x", "x", "mu", "logvar"), got[k], expected, reference_low, inputs):
+            assert g.dtype == dtype and g.shape == t.shape
+            _check_grad(g, e, r, f"{k} grad {name}")
+    for p, s, r in zip(got["plain"], got["scaled"], got["per_row"]):
         assert torch.equal(s, p * 0.25)
         assert torch.equal(r, p * w.to(dtype).view(-1, *([1] * (p.dim() - 1))))
 

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 import vae_fused
 from .helpers import (DEVICE_PARAMS, GRAD_TOL, REDUCTIONS, TOL, cb_log_norm_grad_scalar, cb_log_norm_scalar,
-                      grads, make_inputs, oracle_loss, reduce_as, zero_latents)
+                      check_low_precision, grads, make_inputs, oracle_loss, oracle_terms, reduce_as, zero_latents)
 
 
 def _kl_sum(mu, logvar):
@@ -253,6 +253,35 @@ def test_free_bits_zero_is_plain_kl_and_float32():
     got = vae_fused.vae_loss(*low, reduction="batchmean", free_bits=0.5)
     expected = oracle_loss(*[t.detach().double() for t in low], reduction="batchmean", free_bits=0.5)
     torch.testing.assert_close(got.double(), expected, rtol=1e-5, atol=0)
+
+
+@pytest.mark.parametrize("reduction", ["batchmean", "sum", "mean"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+def test_free_bits_half_precision(dtype, reduction):
+    """Free bits with half inputs: loss and every gradient against float64
+    PyTorch on the same (rounded) numbers, within twice PyTorch's own error in
+    that dtype; units under the floor get exactly zero KL gradient."""
+    lam = 0.5
+    low = _free_bits_inputs(dtype)
+    rounded = [t.detach().double().requires_grad_() for t in low]
+    ref_low = [t.detach().clone().requires_grad_() for t in low]
+    per_unit = _per_unit_kl(*rounded[2:]).mean(dim=0).detach()
+    assert (per_unit < lam).any() and (per_unit > lam).any()
+    assert ((per_unit - lam).abs() > 1e-2).all()  # no unit at the floor, whatever the rounding
+    got = vae_fused.vae_loss_terms(*low, reduction=reduction, free_bits=lam)
+    assert got.loss.dtype == got.kl.dtype == torch.float32
+    e_loss, _, e_kl = oracle_terms(*rounded, reduction=reduction, free_bits=lam)
+    r_loss, _, r_kl = oracle_terms(*ref_low, reduction=reduction, free_bits=lam)
+    # the KL term is accumulated in float32: float32 accuracy on the rounded numbers
+    torch.testing.assert_close(got.kl.double(), e_kl, rtol=1e-5, atol=1e-6)
+    check_low_precision(got.loss, e_loss, r_loss, atol=1e-5 * abs(e_loss.item()), what="loss")
+    for name, g, e, r, t in zip(("recon_x", "x", "mu", "logvar"), grads(got.loss, low), grads(e_loss, rounded),
+                                grads(r_loss, ref_low), low):
+        assert g.dtype == dtype and g.shape == t.shape
+        check_low_precision(g, e, r, atol=2e-3 * e.abs().max().item(), what=f"grad {name}")
+        if name in ("mu", "logvar"):
+            assert torch.all(g[:, per_unit < lam] == 0)
+            assert torch.all(g[:, per_unit > lam].abs().amax(dim=0) > 0)
 
 
 def test_free_bits_with_kl_reduction():

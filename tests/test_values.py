@@ -298,11 +298,42 @@ def test_inputs_are_never_modified(device, recon, dtype):
 @pytest.mark.parametrize("device", DEVICE_PARAMS)
 @pytest.mark.parametrize("recon", RECON_MODES)
 def test_x_gradient_only_when_requested(device, recon):
-    recon_x, x, mu, logvar = make_inputs((4, 9), (4, 2), device=device, recon=recon)
+    """API.md: "The gradient w.r.t. x is computed only when x.requires_grad".
+    Observable through what the graph keeps for backward: whatever the op
+    saves (through autograd's saved-tensor hooks, Python or C++ autograd
+    alike), with x not requiring grad it must be at least one x-sized
+    buffer smaller than with x requiring grad, and x is not in the graph."""
+    shape = (4, 9)
+    x_bytes = shape[0] * shape[1] * torch.finfo(torch.float64).bits // 8
+
+    def saved_bytes(x_requires_grad):
+        recon_x, x, mu, logvar = make_inputs(shape, (4, 2), device=device, recon=recon)
+        inputs = [recon_x.requires_grad_(), x.requires_grad_(x_requires_grad), mu.requires_grad_(),
+                  logvar.requires_grad_()]
+        packed = []
+
+        def pack(t):
+            packed.append(t.numel() * t.element_size())
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            loss = vae_fused.vae_loss(*inputs, recon=recon)
+        got = torch.autograd.grad(loss, [t for t in inputs if t.requires_grad])
+        expected = grads(oracle_loss(*inputs, recon=recon), inputs)
+        for g, e in zip(got, expected):
+            torch.testing.assert_close(g, e, **GRAD_TOL[torch.float64])
+        if not x_requires_grad:  # and x is not in the graph at all
+            with pytest.raises(RuntimeError, match="does not require grad"):
+                torch.autograd.grad(vae_fused.vae_loss(*inputs, recon=recon), [x])
+        return sum(packed)
+
+    with_x, without_x = saved_bytes(True), saved_bytes(False)
+    assert with_x >= x_bytes, f"the op saved {with_x} bytes for backward; the hooks see nothing"
+    assert without_x <= with_x - x_bytes, (
+        f"x does not require grad, yet the graph keeps {without_x} bytes vs {with_x} with x requiring grad "
+        f"(an x gradient is {x_bytes} bytes)")
+    recon_x, x, mu, logvar = make_inputs(shape, (4, 2), device=device, recon=recon)
     recon_x.requires_grad_()
-    loss = vae_fused.vae_loss(recon_x, x, mu, logvar, recon=recon)
-    (g,) = torch.autograd.grad(loss, [recon_x])
-    assert x.grad is None and g.shape == recon_x.shape
     # x requiring grad: the target derivative of each mode (API.md)
     x.requires_grad_()
     (gx,) = torch.autograd.grad(vae_fused.vae_loss(recon_x, x, mu, logvar, recon=recon), [x])
@@ -378,6 +409,35 @@ def test_mixed_dtypes_x_and_latents():
               mu.float().requires_grad_(), logvar.double().requires_grad_()]
     for g, t in zip(grads(vae_fused.vae_loss(*leaves), leaves), leaves):
         assert g.dtype == t.dtype, (g.dtype, t.dtype)
+
+
+@pytest.mark.parametrize("reduction", ["none", "mean"])
+@pytest.mark.parametrize("recon", RECON_MODES)
+@pytest.mark.parametrize("dtype", LOW_PRECISION, ids=str)
+def test_half_recon_x_with_float32_x(dtype, recon, reduction):
+    """A half-precision output against float32 data (API.md: the data is read
+    as is, never rounded to half): the loss is float64 PyTorch's on the exact
+    numbers passed in to float32 accuracy; recon_x/mu/logvar gradients are that
+    float64 gradient rounded to their half dtype, x's gradient is float32 and
+    float32-accurate."""
+    inputs64 = make_inputs((16, 300), (16, 10), recon=recon)
+    leaves = [inputs64[0].to(dtype), inputs64[1].float(), inputs64[2].to(dtype), inputs64[3].to(dtype)]
+    leaves = [t.requires_grad_() for t in leaves]
+    assert any((leaves[1] != leaves[1].to(dtype).float()).flatten().tolist())  # x is not representable in half
+    rounded = [t.detach().double().requires_grad_() for t in leaves]
+    got = vae_fused.vae_loss(*leaves, recon=recon, reduction=reduction)
+    expected = oracle_loss(*rounded, recon=recon, reduction=reduction)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got.double(), expected, rtol=1e-5, atol=1e-6 * expected.abs().max().item())
+    for name, g, e, t in zip(("recon_x", "x", "mu", "logvar"), grads(got, leaves), grads(expected, rounded), leaves):
+        assert g.dtype == t.dtype and g.shape == t.shape, name
+        scale = e.abs().max().item()
+        if t.dtype == torch.float32:
+            tol = dict(rtol=1e-5, atol=1e-6 * scale)
+        else:  # one rounding to half of a float32-accurate value (subnormal spacing for tiny `mean` gradients)
+            fi = torch.finfo(dtype)
+            tol = dict(rtol=fi.eps, atol=1e-5 * scale + fi.smallest_normal * fi.eps)
+        torch.testing.assert_close(g.double(), e, **tol, msg=lambda m: f"grad {name}: {m}")
 
 
 def test_no_grad_path_matches_and_tracks_nothing():
