@@ -42,3 +42,19 @@ def test_conv_vae_runs(tmp_path):
                           "--batch-size", "16"], capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert out.returncode == 0, out.stderr
     assert "loss dtype: torch.float32" in out.stdout
+
+
+@pytest.mark.slow
+def test_train_autoencoder_kl_curves_agree(tmp_path):
+    out = subprocess.run([sys.executable, "examples/train_autoencoder_kl.py", "--steps", "4", "--log-every", "2",
+                          "--batch-size", "4", "--out", str(tmp_path)],
+                         capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert "fused and torch losses agree to 1e-09 (float64)" in out.stdout
+    rows = [line.split("|") for line in out.stdout.splitlines() if line.split("|")[0].strip().isdigit()]
+    assert [int(r[0]) for r in rows] == [2, 4]
+    for row in rows:  # step | torch loss | fused loss | rel. diff | torch logvar s | fused logvar s | ...
+        torch_loss, fused_loss, torch_s, fused_s = (float(row[i]) for i in (1, 2, 4, 5))
+        assert fused_loss == pytest.approx(torch_loss, rel=1e-9, abs=0)
+        assert fused_s == pytest.approx(torch_s, rel=1e-9, abs=1e-15)
+    assert (tmp_path / "autoencoder_kl_reconstruction.png").exists()
