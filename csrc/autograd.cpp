@@ -70,18 +70,18 @@ Terms call_reference(const LossInputs& in, const LossOptions& o) {
                  o.kl_reduction, o.free_bits);
 }
 
-Tensor call_scale(const Tensor& grad, const Tensor& upstream, double scale) {
+Tensor call_scale(const Tensor& grad, const Tensor& upstream, at::ScalarType dtype) {
   static auto op = c10::Dispatcher::singleton()
                        .findSchemaOrThrow("vae_fused::scale_gradient", "")
-                       .typed<Tensor(const Tensor&, const Tensor&, double)>();
-  return op.call(grad, upstream, scale);
+                       .typed<Tensor(const Tensor&, const Tensor&, double, at::ScalarType)>();
+  return op.call(grad, upstream, 1.0, dtype);
 }
 
-void call_scale_inplace(const Tensor& grad, const Tensor& upstream, double scale) {
+void call_scale_inplace(const Tensor& grad, const Tensor& upstream) {
   static auto op = c10::Dispatcher::singleton()
                        .findSchemaOrThrow("vae_fused::scale_gradient_", "")
                        .typed<void(const Tensor&, const Tensor&, double)>();
-  op.call(grad, upstream, scale);
+  op.call(grad, upstream, 1.0);
 }
 
 // Whether input i needs a gradient. The node has one edge per tensor that
@@ -119,16 +119,17 @@ bool graph_is_retained() {
   }
 }
 
-// grad * upstream * pending for one of recon_x / x / mu / logvar.
-Tensor scaled_element_gradient(const Tensor& grad, const Tensor& upstream, double pending,
+// grad * upstream for one of recon_x / x / mu / logvar, in the input's dtype.
+// (A half input's gradient is stored in float32: always a new tensor.)
+Tensor scaled_element_gradient(const Tensor& grad, const Tensor& upstream, at::ScalarType dtype,
                                bool reuse_saved) {
-  if (!reuse_saved || !is_plain(grad) || !is_plain(upstream)) {
-    return call_scale(grad, upstream, pending);
+  if (!reuse_saved || grad.scalar_type() != dtype || !is_plain(grad) || !is_plain(upstream)) {
+    return call_scale(grad, upstream, dtype);
   }
-  if (upstream.dim() == 0 && upstream.device().is_cpu() && upstream.item<double>() * pending == 1.0) {
+  if (upstream.dim() == 0 && upstream.device().is_cpu() && upstream.item<double>() == 1.0) {
     return grad;
   }
-  call_scale_inplace(grad, upstream, pending);
+  call_scale_inplace(grad, upstream);
   return grad;
 }
 
@@ -143,8 +144,10 @@ Tensor extra_gradient(const Tensor& grad, const Tensor& upstream, const Tensor& 
     shape[0] = target.sym_size(0);
     g = grad.reshape_symint(shape);  // per-sample sums, one per row of the target
   }
-  return at::sum_to(g * gradient_factor(g, upstream, 1.0), extra.sym_sizes())
-      .to(extra.scalar_type());
+  const bool unit_upstream = upstream.dim() == 0 && is_plain(upstream) &&
+                             upstream.device().is_cpu() && upstream.item<double>() == 1.0;
+  if (!unit_upstream) g = g * gradient_factor(g, upstream, 1.0);
+  return at::sum_to(g, extra.sym_sizes()).to(extra.scalar_type());
 }
 
 class VaeLossFunction : public torch::autograd::Function<VaeLossFunction> {
@@ -200,13 +203,7 @@ class VaeLossFunction : public torch::autograd::Function<VaeLossFunction> {
       if (input.sym_numel() == 0) {
         out[i] = at::zeros_like(input);
       } else if (i <= kLogvar) {
-        // Only half-precision gradients have a pending scale; asking for it
-        // reads the sizes (a specialisation under torch.compile), so only then.
-        const double pending = is_half(grad.scalar_type())
-                                   ? pending_grad_scale(grad.scalar_type(),
-                                                        term_reduction_scale(i, in, opts))
-                                   : 1.0;
-        out[i] = scaled_element_gradient(grad, upstream, pending, reuse_saved);
+        out[i] = scaled_element_gradient(grad, upstream, input.scalar_type(), reuse_saved);
       } else {
         out[i] = extra_gradient(grad, upstream, input, i >= kReconLogvar ? in.recon_x : in.mu);
       }

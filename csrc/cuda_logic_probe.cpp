@@ -106,7 +106,7 @@ std::tuple<at::Tensor, at::Tensor, std::vector<at::Tensor>> cuda_emulate(
 
 // scale_gradient's kernel, emulated (grad * (upstream * scale) into out).
 at::Tensor cuda_emulate_scale(const at::Tensor& grad, const at::Tensor& upstream, double scale, bool inplace) {
-  at::Tensor out = inplace ? grad : at::empty_like(grad);
+  at::Tensor out = inplace ? grad : at::empty_like(grad);  // (the dtype-changing form is tested on a GPU)
   const at::Tensor up = upstream.to(acc_dtype(grad.scalar_type())).contiguous();
   ScaleArgs s;
   s.grad = grad.data_ptr();
@@ -119,7 +119,7 @@ at::Tensor cuda_emulate_scale(const at::Tensor& grad, const at::Tensor& upstream
   dispatch_float_dtype(grad.scalar_type(), "grad", [&](auto tag) {
     using T = typename decltype(tag)::type;
     if (scale_is_identity<acc_type<T>>(s)) return;
-    for (int64_t i = 0; i < s.numel; ++i) scale_element<T, HostIo>(s, i);
+    for (int64_t i = 0; i < s.numel; ++i) scale_element<T, T, HostIo>(s, i);
   });
   return out;
 }

@@ -191,7 +191,8 @@ VAE_FUSED_HD void cb_log_norm_value_and_grad(V p, double window, V& log_c, V& d_
   // Direct form (used outside the window; its NaN at x = 0 is never selected).
   const V two_atanh = vlog1p(x) - vlog1p(V(0) - x);
   const V log_ratio = vlog(two_atanh / (two * x));
-  const V d_direct = two / ((one - y) * two_atanh) - one / x;
+  // 1 - x^2 = 4 p (1 - p), formed from p: no cancellation as p -> 0 or 1.
+  const V d_direct = two / (V(4) * p * (one - p) * two_atanh) - one / x;
   const auto inside = vless(vabs(x), V(window));
   const V log_ratio_sel = vselect(inside, series, log_ratio);
   const V d_sel = vselect(inside, d_series, d_direct);

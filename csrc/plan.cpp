@@ -62,8 +62,6 @@ TermPlan plan_term(const at::Tensor& a, const at::Tensor& b, int index_a, int64_
   plan.cols = features_per_sample(a);
   plan.reduction = reduction;
   plan.reduction_scale = reduction_grad_scale(reduction, plan.rows, a.numel());
-  plan.grad_scale_a = stored_grad_scale(a.scalar_type(), plan.reduction_scale);
-  plan.grad_scale_b = stored_grad_scale(b.scalar_type(), plan.reduction_scale);
   plan.acc_options = a.options().dtype(acc_dtype(a.scalar_type()));
   return plan;
 }
@@ -86,24 +84,6 @@ void add_extra(TermPlan& plan, int slot, int index, const std::optional<at::Tens
 bool extra_grad_per_sample(const at::Tensor& extra, const at::Tensor& target, bool prior,
                            double free_bits) {
   return constant_along_sample(extra, target) && !(prior && free_bits > 0.0);
-}
-
-double stored_grad_scale(c10::ScalarType dtype, double reduction_scale) {
-  return is_half(dtype) ? 1.0 : reduction_scale;
-}
-
-double pending_grad_scale(c10::ScalarType dtype, double reduction_scale) {
-  return is_half(dtype) ? reduction_scale : 1.0;
-}
-
-double term_reduction_scale(int index, const LossInputs& in, const LossOptions& opts) {
-  const bool recon = index <= kX || index >= kReconLogvar;
-  const at::Tensor& target = recon ? in.recon_x : in.mu;
-  // guard_int: under torch.compile with dynamic shapes this specialises on the
-  // sizes (only half-precision gradients ask, see pending_grad_scale).
-  return reduction_grad_scale(recon ? opts.reduction : opts.kl_reduction,
-                              target.sym_size(0).guard_int(__FILE__, __LINE__),
-                              target.sym_numel().guard_int(__FILE__, __LINE__));
 }
 
 bool dense_same_layout(const at::Tensor& a, const at::Tensor& b) {

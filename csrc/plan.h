@@ -37,9 +37,7 @@ struct TermPlan {
   bool wants_grad_a = false, wants_grad_b = false;
   int64_t rows = 0, cols = 0;
   int64_t reduction = 0;
-  double reduction_scale = 1.0;  // d(term)/d(element loss)
-  double grad_scale_a = 1.0;     // what grad_a / grad_b are stored multiplied by
-  double grad_scale_b = 1.0;
+  double reduction_scale = 1.0;  // d(term)/d(element loss); every stored gradient carries it
   double likelihood_half = 1.0;
   int extra_count = 0;
   ExtraPlan extras[3];
@@ -70,16 +68,6 @@ bool dense_same_layout(const at::Tensor& a, const at::Tensor& b);
 // the priors under free bits, whose floor acts per latent unit.
 bool extra_grad_per_sample(const at::Tensor& extra, const at::Tensor& target, bool prior,
                            double free_bits);
-
-// Gradients of recon_x / x / mu / logvar are stored multiplied by the
-// reduction's scale when they are float32/float64, unscaled when they are
-// half precision: the scale, 1/N for "mean", could underflow half. Backward
-// applies the pending part (in float32) together with the upstream gradient.
-double stored_grad_scale(c10::ScalarType dtype, double reduction_scale);
-double pending_grad_scale(c10::ScalarType dtype, double reduction_scale);
-
-// The reduction scale of the term input `index` belongs to.
-double term_reduction_scale(int index, const LossInputs& in, const LossOptions& opts);
 
 // upstream * scale shaped to multiply `grad` (one factor, or one per sample),
 // in float32 (float64 for double) and with as many dims as grad, so that a

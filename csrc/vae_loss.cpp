@@ -41,8 +41,9 @@ TORCH_LIBRARY(vae_fused, m) {
   // whose bit is set in grad_mask (bit i: input i in schema order).
   m.def("vae_loss_forward(" VAE_FUSED_LOSS_ARGS ", int grad_mask) -> (Tensor, Tensor, Tensor[])");
   // grad * (upstream * scale) in float32 (float64 for double), upstream 0-d
-  // or one factor per sample: backward, out of place and in place.
-  m.def("scale_gradient(Tensor grad, Tensor upstream, float scale) -> Tensor");
+  // or one factor per sample, rounded once to `dtype` (a half input's gradient
+  // from its float32 element gradient): backward, out of place and in place.
+  m.def("scale_gradient(Tensor grad, Tensor upstream, float scale, ScalarType dtype) -> Tensor");
   m.def("scale_gradient_(Tensor(a!) grad, Tensor upstream, float scale) -> ()");
   // The pure-PyTorch reference (a Python kernel), used by backward under
   // create_graph=True for differentiable gradients.

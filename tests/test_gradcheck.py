@@ -149,13 +149,20 @@ def test_scale_gradient_ops(shape, upstream_shape, dtype, scale):
     # the product is formed in float32 (float64 for double) and rounded once
     expected = (grad.double() * (factor * scale).to(torch.float64 if dtype == torch.float64 else torch.float32)
                 .double()).to(dtype)
-    out = torch.ops.vae_fused.scale_gradient(grad, upstream, scale)
+    out = torch.ops.vae_fused.scale_gradient(grad, upstream, scale, dtype)
     assert out.dtype == dtype and out.shape == grad.shape
     torch.testing.assert_close(out, expected, rtol=1e-6 if dtype in (torch.float32, torch.float64) else 0, atol=0)
     in_place = grad.clone()
     torch.ops.vae_fused.scale_gradient_(in_place, upstream, scale)
     torch.testing.assert_close(in_place, out, rtol=0, atol=0)
-    torch.library.opcheck(torch.ops.vae_fused.scale_gradient.default, (grad, upstream, scale))
+    torch.library.opcheck(torch.ops.vae_fused.scale_gradient.default, (grad, upstream, scale, dtype))
+    if dtype in (torch.float16, torch.bfloat16):
+        # a half input's gradient comes from its float32 element gradient, rounded once
+        g32 = grad.float() * 3.0
+        half = torch.ops.vae_fused.scale_gradient(g32, upstream, scale, dtype)
+        expected32 = (g32.double() * (factor * scale).float().double()).to(dtype)
+        assert half.dtype == dtype
+        torch.testing.assert_close(half, expected32, rtol=0, atol=0)
     torch.library.opcheck(torch.ops.vae_fused.scale_gradient_.default, (grad.clone(), upstream, scale))
 
 

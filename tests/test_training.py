@@ -4,40 +4,11 @@ import copy
 
 import pytest
 import torch
-from torch import nn
-from torch.nn import functional as F
 
 import vae_fused
+from examples.models import ExampleVAE
+
 from .helpers import examples_loss
-
-
-class VAE(nn.Module):
-    """pytorch/examples vae/main.py (784-400-20)."""
-
-    def __init__(self):
-        super().__init__()
-        self.fc1 = nn.Linear(784, 400)
-        self.fc21 = nn.Linear(400, 20)
-        self.fc22 = nn.Linear(400, 20)
-        self.fc3 = nn.Linear(20, 400)
-        self.fc4 = nn.Linear(400, 784)
-
-    def encode(self, x):
-        h1 = F.relu(self.fc1(x))
-        return self.fc21(h1), self.fc22(h1)
-
-    def reparameterize(self, mu, logvar, eps):
-        std = torch.exp(0.5 * logvar)
-        return mu + eps * std
-
-    def decode(self, z):
-        h3 = F.relu(self.fc3(z))
-        return torch.sigmoid(self.fc4(h3))
-
-    def forward(self, x, eps):
-        mu, logvar = self.encode(x.view(-1, 784))
-        z = self.reparameterize(mu, logvar, eps)
-        return self.decode(z), mu, logvar
 
 
 def _train(model, loss_fn, data, noise, epochs=3, batch=16):
@@ -67,7 +38,7 @@ def test_float64_training_curve_matches_pytorch(fused_loss):
     data = torch.rand(64, 1, 28, 28, generator=g, dtype=torch.float64)  # 64 samples, batch 16
     noise = [torch.randn(16, 20, generator=g, dtype=torch.float64) for _ in range(12)]
     torch.manual_seed(0)
-    model = VAE().double()  # identical initial weights for both runs
+    model = ExampleVAE().double()  # identical initial weights for both runs
     reference, ref_model = _train(model, examples_loss, data, noise)
     fused, fused_model = _train(model, fused_loss, data, noise)
     assert len(reference) == len(fused) == 12

@@ -167,8 +167,8 @@ def _vae_loss_forward_fake(recon_x, x, mu, logvar, prior_mu, prior_logvar, recon
     for i, t in enumerate(tensors):
         if t is None or i == 8 or not (grad_mask >> i) & 1:
             grads.append(recon_x.new_empty((0,)))
-        elif i < 4:
-            grads.append(t.new_empty(t.shape))
+        elif i < 4:  # stored in the accumulation dtype (float32 for half inputs)
+            grads.append(t.new_empty(t.shape, dtype=_acc_dtype(t.dtype)))
         else:
             target = mu if i < 6 else recon_x
             dtype = _acc_dtype(target.dtype)
@@ -180,8 +180,8 @@ def _vae_loss_forward_fake(recon_x, x, mu, logvar, prior_mu, prior_logvar, recon
 
 
 @torch.library.register_fake("vae_fused::scale_gradient")
-def _scale_gradient_fake(grad, upstream, scale):
-    return grad.new_empty(grad.shape)
+def _scale_gradient_fake(grad, upstream, scale, dtype):
+    return grad.new_empty(grad.shape, dtype=dtype)
 
 
 @torch.library.register_fake("vae_fused::scale_gradient_")

@@ -76,17 +76,17 @@ Pool& pool() {
 
 }  // namespace
 
-at::Tensor empty_gradient(const at::Tensor& like) {
-  const size_t bytes = static_cast<size_t>(like.numel()) * like.element_size();
+at::Tensor empty_gradient(const at::Tensor& like, at::ScalarType dtype) {
+  const auto options = like.options().dtype(dtype);
+  const size_t bytes = static_cast<size_t>(like.numel()) * c10::elementSize(dtype);
   if (bytes < kMinPooledBytes) {
-    return at::empty(like.sizes(), like.options().memory_format(at::MemoryFormat::Contiguous));
+    return at::empty(like.sizes(), options.memory_format(at::MemoryFormat::Contiguous));
   }
   const size_t rounded = (bytes + kHugePage - 1) / kHugePage * kHugePage;
   const Allocation block = pool().take(rounded);
   return at::from_blob(
       block.ptr, like.sizes(), [block](void*) { pool().give_back(block); },
-      like.options().memory_format(c10::nullopt));
+      options.memory_format(c10::nullopt));
 }
-
 
 }  // namespace vae_fused::cpu

@@ -32,10 +32,10 @@ struct TermPass {
   c10::ScalarType b_dtype = c10::ScalarType::Float;
   int64_t rows = 0;
   int64_t cols = 0;
-  double grad_scale_a = 1.0;      // multiplies the element gradients stored in grad_a
-  double grad_scale_b = 1.0;      // ... and in grad_b
-  double extra_grad_scale = 1.0;  // multiplies the element gradients stored in extra_grad
-  void* grad_a = nullptr;         // a's dtype, rows*cols, or nullptr: not computed
+  double grad_scale = 1.0;        // the reduction's: multiplies every stored element gradient
+  // Element gradients are stored in the accumulation dtype (float32 for half
+  // inputs: scaled by 1/N in half they could underflow, unscaled overflow).
+  void* grad_a = nullptr;         // rows*cols, or nullptr: not computed
   void* grad_b = nullptr;
   Operand extra[kMaxExtras];
   // Per extra: its element gradient (accumulation dtype, rows*cols), or

@@ -128,16 +128,14 @@ void run_term(const TermPlan& plan, std::vector<at::Tensor>& grads, at::Tensor& 
   pass.b_dtype = plan.b.scalar_type();
   pass.rows = plan.rows;
   pass.cols = plan.cols;
-  pass.grad_scale_a = plan.grad_scale_a;
-  pass.grad_scale_b = plan.grad_scale_b;
-  pass.extra_grad_scale = plan.reduction_scale;
+  pass.grad_scale = plan.reduction_scale;
   pass.likelihood_half = plan.likelihood_half;
   if (plan.wants_grad_a) {
-    grads[plan.index_a] = empty_gradient(plan.a);
+    grads[plan.index_a] = empty_gradient(plan.a, plan.acc_options.dtype().toScalarType());
     pass.grad_a = grads[plan.index_a].data_ptr();
   }
   if (plan.wants_grad_b) {
-    grads[plan.index_b] = empty_gradient(plan.b);
+    grads[plan.index_b] = empty_gradient(plan.b, plan.acc_options.dtype().toScalarType());
     pass.grad_b = grads[plan.index_b].data_ptr();
   }
   std::vector<double> partials(tasks, 0.0);
@@ -206,8 +204,9 @@ std::tuple<at::Tensor, at::Tensor, std::vector<at::Tensor>> vae_loss_forward_cpu
   return {recon_value, kl_value, grads};
 }
 
-at::Tensor scale_gradient_cpu(const at::Tensor& grad, const at::Tensor& upstream, double scale) {
-  at::Tensor out = empty_gradient(grad);
+at::Tensor scale_gradient_cpu(const at::Tensor& grad, const at::Tensor& upstream, double scale,
+                              at::ScalarType dtype) {
+  at::Tensor out = empty_gradient(grad, dtype);
   at::mul_out(out, grad, gradient_factor(grad, upstream, scale));
   return out;
 }

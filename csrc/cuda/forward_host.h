@@ -43,17 +43,15 @@ struct ForwardRunner {
     args.tiling = make_tiling(plan.rows, plan.cols, per_sample(plan.reduction) || extras);
     args.a = plan.a.data_ptr();
     args.b = plan.b.data_ptr();
-    args.grad_scale_a = plan.grad_scale_a;
-    args.grad_scale_b = plan.grad_scale_b;
-    args.extra_grad_scale = plan.reduction_scale;
+    args.grad_scale = plan.reduction_scale;
     args.likelihood_half = plan.likelihood_half;
     args.reduction = plan.reduction;
     if (plan.wants_grad_a) {
-      grads[plan.index_a] = at::empty_like(plan.a);  // same strides as the input read
+      grads[plan.index_a] = at::empty_like(plan.a, plan.acc_options);  // the input's strides
       args.grad_a = grads[plan.index_a].data_ptr();
     }
     if (plan.wants_grad_b) {
-      grads[plan.index_b] = at::empty_like(plan.b);
+      grads[plan.index_b] = at::empty_like(plan.b, plan.acc_options);
       args.grad_b = grads[plan.index_b].data_ptr();
     }
     int per_sample_extras = 0;

@@ -29,12 +29,11 @@ constexpr int kMaxExtras = 3;
 struct TermArgs {
   const void* a = nullptr;
   const void* b = nullptr;
-  void* grad_a = nullptr;  // a's dtype and strides, or nullptr: not wanted
+  void* grad_a = nullptr;  // accumulation dtype, a's strides, or nullptr: not wanted
   void* grad_b = nullptr;
   Tiling tiling;
   bool vector_ok = false;  // every pointer 16-byte aligned: 128-bit body
-  double grad_scale_a = 1.0, grad_scale_b = 1.0;
-  double extra_grad_scale = 1.0;  // the reduction scale, for the extras' gradients
+  double grad_scale = 1.0;  // the reduction scale: multiplies every stored gradient
   double likelihood_half = 1.0;
   int64_t reduction = kSum;
   Operand extra[kMaxExtras];
@@ -128,12 +127,10 @@ C10_HOST_DEVICE ThreadSums<acc_type<TA>> thread_tile(const TermArgs& args, int64
   const Split sp = split_aligned(r.begin, r.end, G, args.vector_ok);
   const TA* a = static_cast<const TA*>(args.a);
   const TB* b = static_cast<const TB*>(args.b);
-  TA* grad_a = static_cast<TA*>(args.grad_a);
-  TB* grad_b = static_cast<TB*>(args.grad_b);
+  S* grad_a = static_cast<S*>(args.grad_a);
+  S* grad_b = static_cast<S*>(args.grad_b);
   S* values = static_cast<S*>(args.values);
-  const S scale_a = static_cast<S>(args.grad_scale_a);
-  const S scale_b = static_cast<S>(args.grad_scale_b);
-  const S extra_scale = static_cast<S>(args.extra_grad_scale);
+  const S scale = static_cast<S>(args.grad_scale);
   const S half = static_cast<S>(args.likelihood_half);
   ThreadSums<S> sums;
 
@@ -161,15 +158,15 @@ C10_HOST_DEVICE ThreadSums<acc_type<TA>> thread_tile(const TermArgs& args, int64
     }
     S value, d_extra[kMaxExtras] = {S(0), S(0), S(0)};
     Rule::apply(av, bv, e, half, value, d_a, d_b, d_extra);
-    d_a *= scale_a;
-    d_b *= scale_b;
+    d_a *= scale;
+    d_b *= scale;
     sums.loss += value;
     if (values != nullptr) Io::store1(values + i, value);
     for (int k = 0; k < kExtras; ++k) {
       if (args.extra_partials[k] != nullptr) {
         sums.extra[k] += d_extra[k];
       } else if (args.extra_grad[k] != nullptr) {
-        Io::store1(static_cast<S*>(args.extra_grad[k]) + i, d_extra[k] * extra_scale);
+        Io::store1(static_cast<S*>(args.extra_grad[k]) + i, d_extra[k] * scale);
       }
     }
   };
@@ -186,8 +183,8 @@ C10_HOST_DEVICE ThreadSums<acc_type<TA>> thread_tile(const TermArgs& args, int64
     Io::template load<TB, G>(b + i0, bv);
 #pragma unroll
     for (int j = 0; j < G; ++j) element(i0 + j, av[j], bv[j], da[j], db[j]);
-    if (grad_a != nullptr) Io::template store<TA, G>(grad_a + i0, da);
-    if (grad_b != nullptr) Io::template store<TB, G>(grad_b + i0, db);
+    if (grad_a != nullptr) Io::template store<S, G>(grad_a + i0, da);
+    if (grad_b != nullptr) Io::template store<S, G>(grad_b + i0, db);
   });
   return sums;
 }
@@ -208,7 +205,7 @@ C10_HOST_DEVICE double fold_thread(const TermArgs& args, int t, int T) {
     for (int k = 0; k < kMaxExtras; ++k) {
       if (args.extra_rows[k] != nullptr) {
         static_cast<S*>(args.extra_rows[k])[u] =
-            static_cast<S>(Io::unit_sum(args.extra_partials[k], u, tl.per_unit) * args.extra_grad_scale);
+            static_cast<S>(Io::unit_sum(args.extra_partials[k], u, tl.per_unit) * args.grad_scale);
       }
     }
   }
@@ -284,23 +281,24 @@ C10_HOST_DEVICE void free_bits_mask(const FreeBitsArgs& f, int64_t i) {
 
 // ---------------------------------------------------------------------------
 // Backward: grad * (upstream * scale), in the accumulation type, one factor
-// (upstream 0-d) or one per sample of `cols` elements.
+// (upstream 0-d) or one per sample of `cols` elements, rounded once to the
+// output's type O (a half input's gradient from its float32 element gradient).
 struct ScaleArgs {
   const void* grad = nullptr;
-  void* out = nullptr;  // == grad in place
+  void* out = nullptr;  // == grad in place (then O == T)
   const void* upstream = nullptr;  // acc dtype, 1 or rows values
   bool per_sample = false;
   int64_t numel = 0, cols = 1;
   double scale = 1.0;
 };
 
-template <typename T, typename Io>
+template <typename O, typename T, typename Io>
 C10_HOST_DEVICE void scale_element(const ScaleArgs& s, int64_t i) {
   using S = acc_type<T>;
   const S* up = static_cast<const S*>(s.upstream);
   const S factor = (s.per_sample ? up[i / s.cols] : up[0]) * static_cast<S>(s.scale);
   const S g = Io::load1(static_cast<const T*>(s.grad) + i);
-  Io::store1(static_cast<T*>(s.out) + i, static_cast<S>(g * factor));
+  Io::store1(static_cast<O*>(s.out) + i, static_cast<S>(g * factor));
 }
 
 // Nothing to do: in place with one factor that is exactly 1.

@@ -174,13 +174,13 @@ __global__ void __launch_bounds__(kThreads) free_bits_mask_kernel(const FreeBits
   }
 }
 
-template <typename T>
+template <typename O, typename T>
 __global__ void __launch_bounds__(kThreads) scale_kernel(const ScaleArgs s) {
   using S = acc_type<T>;
   if (scale_is_identity<S>(s)) return;  // each block reads the factor: no host sync
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x; i < s.numel;
        i += static_cast<int64_t>(gridDim.x) * kThreads) {
-    scale_element<T, DeviceIo>(s, i);
+    scale_element<O, T, DeviceIo>(s, i);
   }
 }
 
@@ -279,17 +279,20 @@ void scale_into(const at::Tensor& out, const at::Tensor& grad, const at::Tensor&
   s.numel = grad.numel();
   s.cols = std::max<int64_t>(1, grad.dim() > 0 ? features_per_sample(grad) : 1);
   s.scale = scale;
-  dispatch_float_dtype(grad.scalar_type(), "grad", [&](auto tag) {
-    using T = typename decltype(tag)::type;
-    auto kernel = scale_kernel<T>;
+  // (out, grad): equal dtypes, or a half output from a float32 gradient
+  dispatch_recon_dtypes(out.scalar_type(), grad.scalar_type(), [&](auto out_tag, auto grad_tag) {
+    using O = typename decltype(out_tag)::type;
+    using T = typename decltype(grad_tag)::type;
+    auto kernel = scale_kernel<O, T>;
     kernel<<<grid_for(kernel, ceil_div(s.numel, kThreads)), kThreads, 0,
              c10::cuda::getCurrentCUDAStream().stream()>>>(s);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
 }
 
-at::Tensor scale_gradient_cuda(const at::Tensor& grad, const at::Tensor& upstream, double scale) {
-  at::Tensor out = at::empty_like(grad);
+at::Tensor scale_gradient_cuda(const at::Tensor& grad, const at::Tensor& upstream, double scale,
+                               at::ScalarType dtype) {
+  at::Tensor out = at::empty_like(grad, grad.options().dtype(dtype));
   scale_into(out, grad, upstream, scale);
   return out;
 }

@@ -191,17 +191,14 @@ int term_pass(const TermPass& args) {
 
   const TA* a = static_cast<const TA*>(args.a);
   const TB* b = static_cast<const TB*>(args.b);
-  TA* grad_a = static_cast<TA*>(args.grad_a);
-  TB* grad_b = static_cast<TB*>(args.grad_b);
+  acc_t* grad_a = static_cast<acc_t*>(args.grad_a);
+  acc_t* grad_b = static_cast<acc_t*>(args.grad_b);
   acc_t* values = static_cast<acc_t*>(args.values);
   const int64_t cols = args.cols;
   const int64_t per_row = chunks_per_row(cols);
   const int64_t tasks = args.rows * per_row;
-  const Vec scale_a(static_cast<acc_t>(args.grad_scale_a));
-  const Vec scale_b(static_cast<acc_t>(args.grad_scale_b));
-  const bool scaled_a = args.grad_scale_a != 1.0;
-  const bool scaled_b = args.grad_scale_b != 1.0;
-  const Vec extra_scale(static_cast<acc_t>(args.extra_grad_scale));
+  const Vec scale(static_cast<acc_t>(args.grad_scale));
+  const bool scaled = args.grad_scale != 1.0;
   const bool binary_path_allowed = Rule::kHasBinaryTargetPath && grad_b == nullptr;
   std::atomic<int> range_bits{0};
 
@@ -277,20 +274,20 @@ int term_pass(const TermPass& args) {
           b_max = at::vec::maximum(b_max, at::vec::maximum(b_lo, b_hi));
         }
         if (grad_a != nullptr) {
-          if (scaled_a) da_lo = da_lo * scale_a, da_hi = da_hi * scale_a;
-          BA::store(grad_a + at, n, da_lo, da_hi);
+          if (scaled) da_lo = da_lo * scale, da_hi = da_hi * scale;
+          BAcc::store(grad_a + at, n, da_lo, da_hi);
         }
         if (grad_b != nullptr) {
-          if (scaled_b) db_lo = db_lo * scale_b, db_hi = db_hi * scale_b;
-          BB::store(grad_b + at, n, db_lo, db_hi);
+          if (scaled) db_lo = db_lo * scale, db_hi = db_hi * scale;
+          BAcc::store(grad_b + at, n, db_lo, db_hi);
         }
         for (int k = 0; k < kExtras; ++k) {
           if (args.extra_partials[k] != nullptr) {
             keep_lanes(n, de_lo[k], de_hi[k]);
             extra_acc[k] = extra_acc[k] + de_lo[k] + de_hi[k];
           } else if (args.extra_grad[k] != nullptr) {
-            BAcc::store(static_cast<acc_t*>(args.extra_grad[k]) + at, n, de_lo[k] * extra_scale,
-                        de_hi[k] * extra_scale);
+            BAcc::store(static_cast<acc_t*>(args.extra_grad[k]) + at, n, de_lo[k] * scale,
+                        de_hi[k] * scale);
           }
         }
       }
