@@ -58,3 +58,11 @@ TORCH_LIBRARY(vae_fused, m) {
 TORCH_LIBRARY_IMPL(vae_fused, CompositeExplicitAutograd, m) {
   m.impl("check_inputs", &vae_fused::check_inputs_op);
 }
+
+// The kernels' ops are not differentiable themselves: vae_loss's autograd
+// kernel (autograd.cpp) is their only caller that needs gradients.
+TORCH_LIBRARY_IMPL(vae_fused, Autograd, m) {
+  for (const char* op : {"vae_loss_forward", "scale_gradient", "scale_gradient_", "check_inputs"}) {
+    m.impl(op, torch::CppFunction::makeFallthrough());
+  }
+}
