@@ -9,16 +9,11 @@
 
 #include <string>
 
+#include "capability.h"
 #include "math_probe.h"
 
 namespace vae_fused::cpu {
 namespace {
-
-int capability_rank(const std::string& name) {
-  if (name == "AVX512") return 2;
-  if (name == "AVX2") return 1;
-  return 0;
-}
 
 at::Tensor math_probe_cpu(const at::Tensor& x, c10::string_view fn_name, c10::string_view isa_name) {
   const std::string fn_str(fn_name);
