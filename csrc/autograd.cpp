@@ -134,17 +134,18 @@ Tensor scaled_element_gradient(const Tensor& grad, const Tensor& upstream, at::S
 }
 
 // The gradient of a broadcast extra: per-sample sums (B,) or element
-// gradients, times the upstream gradient, summed to the extra's shape.
+// gradients, times the upstream gradient, summed to the extra's shape. The
+// saved tensor itself may come back only when reuse_saved (as above).
 // (Symbolic sizes throughout: torch.compile traces this with dynamic shapes.)
 Tensor extra_gradient(const Tensor& grad, const Tensor& upstream, const Tensor& extra,
-                      const Tensor& target) {
+                      const Tensor& target, bool reuse_saved) {
   Tensor g = grad;
   if (grad.dim() == 1 && target.dim() > 1) {
     std::vector<c10::SymInt> shape(target.dim(), 1);
     shape[0] = target.sym_size(0);
     g = grad.reshape_symint(shape);  // per-sample sums, one per row of the target
   }
-  const bool unit_upstream = upstream.dim() == 0 && is_plain(upstream) &&
+  const bool unit_upstream = reuse_saved && upstream.dim() == 0 && is_plain(upstream) &&
                              upstream.device().is_cpu() && upstream.item<double>() == 1.0;
   if (!unit_upstream) g = g * gradient_factor(g, upstream, 1.0);
   return at::sum_to(g, extra.sym_sizes()).to(extra.scalar_type());
@@ -205,7 +206,8 @@ class VaeLossFunction : public torch::autograd::Function<VaeLossFunction> {
       } else if (i <= kLogvar) {
         out[i] = scaled_element_gradient(grad, upstream, input.scalar_type(), reuse_saved);
       } else {
-        out[i] = extra_gradient(grad, upstream, input, i >= kReconLogvar ? in.recon_x : in.mu);
+        out[i] = extra_gradient(grad, upstream, input, i >= kReconLogvar ? in.recon_x : in.mu,
+                                reuse_saved);
       }
     }
     return out;

@@ -667,3 +667,23 @@ def test_recipes_run(fn, index, capsys):
     assert len(printed) == len(claimed) > 0
     for out, comment in zip(printed, claimed):
         assert out.strip() == comment, (out, comment)
+
+
+def test_retained_graph_keeps_the_saved_gradients_of_the_options_intact():
+    # autograd.grad with retain_graph may hand back a tensor the caller modifies
+    # in place; a second backward must still see the original saved gradients
+    g = torch.Generator().manual_seed(5)
+    mu = torch.randn(4, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    lv = torch.randn(4, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    pmu = torch.randn(4, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    s = torch.zeros((), dtype=torch.float64, requires_grad=True)
+    p = torch.rand(4, 5, generator=g, dtype=torch.float64, requires_grad=True)
+    x = torch.rand(4, 5, generator=g, dtype=torch.float64)
+    loss = vae_fused.vae_loss(p, x, mu, lv, recon="l1", recon_logvar=s, prior_mu=pmu)
+    first = torch.autograd.grad(loss, [p, pmu, s], retain_graph=True)
+    expected = [t.clone() for t in first]
+    for t in first:
+        t.mul_(-7.0)
+    second = torch.autograd.grad(loss, [p, pmu, s])
+    for a, b in zip(second, expected):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
