@@ -51,6 +51,11 @@ template <typename S>
 VAE_FUSED_HD S vmin(S a, S b) { return (b < a) ? b : a; }
 VAE_FUSED_HD float vlog(float a) { return ::logf(a); }
 VAE_FUSED_HD double vlog(double a) { return ::log(a); }
+// log of an argument in [0, 1], for the BCE logs: any value <= -100 may stand
+// for log 0 (the loss clamps there), and arguments outside [0, 1] are errors
+// whose value is never used. Scalars: the plain log.
+template <typename S>
+VAE_FUSED_HD S vlog_unit_interval(S a) { return vlog(a); }
 VAE_FUSED_HD float vlog1p(float a) { return ::log1pf(a); }
 VAE_FUSED_HD double vlog1p(double a) { return ::log1p(a); }
 VAE_FUSED_HD float vexp(float a) { return ::expf(a); }
@@ -99,14 +104,14 @@ template <typename V>
 VAE_FUSED_HD V log1m(V p) {
   const V one(1);
   const V u = one - p;
-  return vlog(u) + ((one - u) - p) * (V(2) - u);
+  return vlog_unit_interval(u) + ((one - u) - p) * (V(2) - u);
 }
 
 // BCE exactly as F.binary_cross_entropy, logs clamped at -100.
 template <typename V>
 VAE_FUSED_HD void bce_value_and_grad(V p, V t, V& loss, V& d_input, V& d_target) {
   const V one(1);
-  const V log_p = vmax(vlog(p), V(kLogClamp));
+  const V log_p = vmax(vlog_unit_interval(p), V(kLogClamp));
   const V log_1mp = vmax(log1m(p), V(kLogClamp));
   loss = (t - one) * log_1mp - t * log_p;
   d_input = vdiv(p - t, vmax((one - p) * p, V(kBceGradEps)));
@@ -237,7 +242,7 @@ VAE_FUSED_HD void bce_binary_target_value_and_grad(V p, V t, M t_is_one, V& loss
   const V u = one - p;
   // log1m's rounding correction, kept only where the log is of 1 - p.
   const V correction = vselect(t_is_one, V(0), ((one - u) - p) * (V(2) - u));
-  const V log_q = vmax(vlog(vselect(t_is_one, p, u)) + correction, V(kLogClamp));
+  const V log_q = vmax(vlog_unit_interval(vselect(t_is_one, p, u)) + correction, V(kLogClamp));
   loss = V(0) - log_q;
   d_input = vdiv(p - t, vmax(u * p, V(kBceGradEps)));
 }

@@ -251,10 +251,15 @@ inline typename O::F add_k_ln2(typename O::F k, typename O::F y) {
   return O::fma(k, O::set(kLn2Hi), O::fma(k, O::set(kLn2Lo), y));
 }
 
-template <class O>
+// kSpecialValues = false: only for x in [0, 1] (-0 included), where the loss
+// clamps the log at -100 anyway: 0 -> -150 ln 2 = -103.97 (the exponent and
+// mantissa bits of 0 give k = -150, m = 1), the rest as with them. Saves the
+// special-value selects, about a quarter of the log.
+template <class O, bool kSpecialValues = true>
 inline typename O::F log_impl(typename O::F x) {
   using F = typename O::F;
   using I = typename O::I;
+  if constexpr (!kSpecialValues) x = O::abs(x);  // -0 -> +0
   // Denormals: scale by 2^23 (exact), take 23 off the exponent.
   const auto denormal = O::lt(x, O::set(kMinNormal));
   const F xs = O::select(denormal, O::mul(x, O::set(kTwo23)), x);
@@ -264,6 +269,7 @@ inline typename O::F log_impl(typename O::F x) {
   const F k = O::add(O::to_float(O::sra23(ix)), k_adjust);
   const F f = O::sub(m, O::set(1.0f));
   const F r = add_k_ln2<O>(k, O::add(f, log_poly_tail<O>(f)));
+  if constexpr (!kSpecialValues) return r;
   // Not a positive finite number: 0 -> -inf, x < 0 -> NaN, NaN -> NaN,
   // +inf -> +inf (x + x quiets a signalling NaN and keeps +inf).
   const F inf = O::set(std::numeric_limits<float>::infinity());
@@ -367,6 +373,9 @@ inline float fast_exp(float x) { return vec_math_detail::exp_impl<vec_math_detai
 inline at::vec::Vectorized<float> fast_log(const at::vec::Vectorized<float>& x) {
   return vec_math_detail::log_impl<vec_math_detail::Avx512Lanes>(x);
 }
+inline at::vec::Vectorized<float> fast_log_unit_interval(const at::vec::Vectorized<float>& x) {
+  return vec_math_detail::log_impl<vec_math_detail::Avx512Lanes, false>(x);
+}
 inline at::vec::Vectorized<float> fast_log1p(const at::vec::Vectorized<float>& x) {
   return vec_math_detail::log1p_impl<vec_math_detail::Avx512Lanes>(x);
 }
@@ -377,6 +386,9 @@ inline at::vec::Vectorized<float> fast_exp(const at::vec::Vectorized<float>& x) 
 inline at::vec::Vectorized<float> fast_log(const at::vec::Vectorized<float>& x) {
   return vec_math_detail::log_impl<vec_math_detail::Avx2Lanes>(x);
 }
+inline at::vec::Vectorized<float> fast_log_unit_interval(const at::vec::Vectorized<float>& x) {
+  return vec_math_detail::log_impl<vec_math_detail::Avx2Lanes, false>(x);
+}
 inline at::vec::Vectorized<float> fast_log1p(const at::vec::Vectorized<float>& x) {
   return vec_math_detail::log1p_impl<vec_math_detail::Avx2Lanes>(x);
 }
@@ -386,6 +398,9 @@ inline at::vec::Vectorized<float> fast_exp(const at::vec::Vectorized<float>& x) 
 #else
 inline at::vec::Vectorized<float> fast_log(const at::vec::Vectorized<float>& x) {
   return vec_math_detail::per_lane<static_cast<float (*)(float)>(&fast_log)>(x);
+}
+inline at::vec::Vectorized<float> fast_log_unit_interval(const at::vec::Vectorized<float>& x) {
+  return fast_log(x);  // per lane: the special values cost nothing worth saving
 }
 inline at::vec::Vectorized<float> fast_log1p(const at::vec::Vectorized<float>& x) {
   return vec_math_detail::per_lane<static_cast<float (*)(float)>(&fast_log1p)>(x);

@@ -36,6 +36,11 @@ inline at::vec::Vectorized<S> vlog(const at::vec::Vectorized<S>& a) { return a.l
 // about 2-4x Sleef's): the loss is two logs per element and bound by them.
 // double lanes keep ATen's full-precision routines.
 inline at::vec::Vectorized<float> vlog(const at::vec::Vectorized<float>& a) { return fast_log(a); }
+template <typename S>
+inline at::vec::Vectorized<S> vlog_unit_interval(const at::vec::Vectorized<S>& a) { return a.log(); }
+inline at::vec::Vectorized<float> vlog_unit_interval(const at::vec::Vectorized<float>& a) {
+  return fast_log_unit_interval(a);
+}
 inline at::vec::Vectorized<float> vlog1p(const at::vec::Vectorized<float>& a) { return fast_log1p(a); }
 inline at::vec::Vectorized<float> vexp(const at::vec::Vectorized<float>& a) { return fast_exp(a); }
 template <typename S>
