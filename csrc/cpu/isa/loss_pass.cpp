@@ -207,6 +207,29 @@ int term_pass(const TermPass& args) {
   const int64_t task_size = std::max<int64_t>(1, std::min(cols, kChunk));
   const int64_t grain = std::max<int64_t>(1, 32768 / task_size);
 
+  // The extras, read out of `args` once: inside the loop every store through
+  // a gradient pointer could alias `args`, and the compiler would reload it.
+  struct ExtraSlot {
+    const acc_t* data = nullptr;   // present and read per element (else hoisted)
+    Operand operand;
+    acc_t* grad = nullptr;         // per-element gradient out
+    double* partials = nullptr;    // per-task sums of the gradient out
+  };
+  ExtraSlot slots[kMaxExtras];
+  bool any_per_element = false, any_extra_grad = false;
+  for (int k = 0; k < kExtras; ++k) {
+    slots[k].operand = args.extra[k];
+    if (args.extra[k].present() && !args.extra[k].per_sample_constant()) {
+      slots[k].data = static_cast<const acc_t*>(args.extra[k].data);
+      any_per_element = true;
+    }
+    slots[k].grad = static_cast<acc_t*>(args.extra_grad[k]);
+    slots[k].partials = args.extra_partials[k];
+    any_extra_grad = any_extra_grad || slots[k].grad != nullptr || slots[k].partials != nullptr;
+  }
+  double* const partials = args.partials;
+  const acc_t likelihood_half = static_cast<acc_t>(args.likelihood_half);
+
   at::parallel_for(0, tasks, grain, [&](int64_t begin, int64_t end) {
     for (int64_t task = begin; task < end; ++task) {
       const int64_t row = task / per_row;
@@ -221,8 +244,8 @@ int term_pass(const TermPass& args) {
       Vec extra_acc[kMaxExtras];
       for (int k = 0; k < kMaxExtras; ++k) {
         acc_t v = static_cast<acc_t>(Rule::kExtraDefault[k]);
-        if (k < kExtras && args.extra[k].present() && args.extra[k].per_sample_constant()) {
-          v = static_cast<const acc_t*>(args.extra[k].data)[args.extra[k].offset(row, 0)];
+        if (k < kExtras && slots[k].operand.present() && slots[k].operand.per_sample_constant()) {
+          v = static_cast<const acc_t*>(slots[k].operand.data)[slots[k].operand.offset(row, 0)];
         }
         hoisted_lo.value[k] = hoisted_hi.value[k] = Vec(v);
         extra_acc[k] = Vec(0);
@@ -230,8 +253,7 @@ int term_pass(const TermPass& args) {
       if constexpr (Rule::kNeedsInvScale) {
         hoisted_lo.inv_scale = hoisted_hi.inv_scale = vexp(Vec(0) - hoisted_lo.value[0]);
       }
-      hoisted_lo.likelihood_half = hoisted_hi.likelihood_half =
-          Vec(static_cast<acc_t>(args.likelihood_half));
+      hoisted_lo.likelihood_half = hoisted_hi.likelihood_half = Vec(likelihood_half);
 
       for (int64_t j = col_begin; j < col_end; j += kSize) {
         const int64_t n = std::min(kSize, col_end - j);
@@ -240,10 +262,10 @@ int term_pass(const TermPass& args) {
         BA::load(a + at, n, a_lo, a_hi);
         BB::load(b + at, n, b_lo, b_hi);
         Extras<Vec> e_lo = hoisted_lo, e_hi = hoisted_hi;
-        for (int k = 0; k < kExtras; ++k) {
-          const Operand& op = args.extra[k];
-          if (op.present() && !op.per_sample_constant()) {
-            BAcc::load(static_cast<const acc_t*>(op.data) + op.offset(row, j), n, e_lo.value[k],
+        if (kExtras > 0 && any_per_element) {
+          for (int k = 0; k < kExtras; ++k) {
+            if (slots[k].data == nullptr) continue;
+            BAcc::load(slots[k].data + slots[k].operand.offset(row, j), n, e_lo.value[k],
                        e_hi.value[k]);
             if (k == 0 && Rule::kNeedsInvScale) {
               e_lo.inv_scale = vexp(Vec(0) - e_lo.value[0]);
@@ -281,19 +303,20 @@ int term_pass(const TermPass& args) {
           if (scaled) db_lo = db_lo * scale, db_hi = db_hi * scale;
           BAcc::store(grad_b + at, n, db_lo, db_hi);
         }
-        for (int k = 0; k < kExtras; ++k) {
-          if (args.extra_partials[k] != nullptr) {
-            keep_lanes(n, de_lo[k], de_hi[k]);
-            extra_acc[k] = extra_acc[k] + de_lo[k] + de_hi[k];
-          } else if (args.extra_grad[k] != nullptr) {
-            BAcc::store(static_cast<acc_t*>(args.extra_grad[k]) + at, n, de_lo[k] * scale,
-                        de_hi[k] * scale);
+        if (kExtras > 0 && any_extra_grad) {
+          for (int k = 0; k < kExtras; ++k) {
+            if (slots[k].partials != nullptr) {
+              keep_lanes(n, de_lo[k], de_hi[k]);
+              extra_acc[k] = extra_acc[k] + de_lo[k] + de_hi[k];
+            } else if (slots[k].grad != nullptr) {
+              BAcc::store(slots[k].grad + at, n, de_lo[k] * scale, de_hi[k] * scale);
+            }
           }
         }
       }
-      args.partials[task] = lane_sum(acc_lo) + lane_sum(acc_hi);
+      partials[task] = lane_sum(acc_lo) + lane_sum(acc_hi);
       for (int k = 0; k < kExtras; ++k) {
-        if (args.extra_partials[k] != nullptr) args.extra_partials[k][task] = lane_sum(extra_acc[k]);
+        if (slots[k].partials != nullptr) slots[k].partials[task] = lane_sum(extra_acc[k]);
       }
       if constexpr (Rule::kChecksUnitRange) {
         int bits = 0;
