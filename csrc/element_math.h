@@ -265,6 +265,22 @@ VAE_FUSED_HD void apply_likelihood_options(V log_scale, V inv_scale, V offset, V
   d_input = d_input * d_offset;
   d_target = d_target * d_offset;
 }
+// The same options when s, o and w are constant along a sample (a 0-d s, a
+// per-sample perceptual offset): l' is affine in l there, so a sample's sums
+// follow from its L = sum_j l over D elements, and every element's
+// derivatives are l's times wh e^-s:
+//   sum l' = wh (e^-s (L + D o) + D s),  sum dl'/ds = wh (D - e^-s (L + D o)),
+//   sum dl'/do = wh e^-s D.
+template <typename S>
+VAE_FUSED_HD void likelihood_row_sums(S loss_sum, S cols, S log_scale, S inv_scale, S offset,
+                                      S weight_half, S& value_sum, S& d_log_scale_sum,
+                                      S& d_offset_sum, S& d_loss) {
+  const S scaled_sum = (loss_sum + cols * offset) * inv_scale;
+  value_sum = weight_half * (scaled_sum + cols * log_scale);
+  d_log_scale_sum = weight_half * (cols - scaled_sum);
+  d_loss = weight_half * inv_scale;
+  d_offset_sum = d_loss * cols;
+}
 // The 1/2 of the Gaussian NLL: F.gaussian_nll_loss = 0.5 (log var + (p - t)^2 / var).
 constexpr double likelihood_half(int mode, bool has_log_scale) {
   return (mode == kMse && has_log_scale) ? 0.5 : 1.0;

@@ -45,6 +45,7 @@ struct TermPass {
   double* partials = nullptr;     // rows * chunks_per_row(cols) sums of the element losses
   void* values = nullptr;         // the element losses (accumulation dtype), or nullptr
   double likelihood_half = 1.0;   // 1/2 for the Gaussian NLL (mse with recon_logvar)
+  const double* row_grad_factor = nullptr;  // one more factor per row for grad_a / grad_b, or nullptr
 };
 
 // Bits of recon_pass's result: which input had an element outside [0, 1]

@@ -6,11 +6,13 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cmath>
 #include <string>
 #include <tuple>
 #include <vector>
 
 #include "../codes.h"
+#include "../element_math.h"
 #include "../dtype_dispatch.h"
 #include "../inputs.h"
 #include "../plan.h"
@@ -88,6 +90,65 @@ void apply_free_bits(const TermPlan& plan, const at::Tensor& values, std::vector
   }
 }
 
+// The reconstruction's likelihood options when every one given is constant
+// along each sample (0-d, (B, 1, ..., 1)): per row, (s, e^-s, o, w h).
+struct SampleOptions {
+  double log_scale = 0.0, inv_scale = 1.0, offset = 0.0, weight_half = 1.0;
+};
+
+bool likelihood_per_sample(const TermPlan& plan) {
+  if (plan.index_a != kReconX || plan.extra_count == 0) return false;
+  bool any = false;
+  for (int k = 0; k < plan.extra_count; ++k) {
+    const Operand& op = plan.extras[k].operand;
+    if (op.present() && !op.per_sample_constant()) return false;
+    any = any || op.present();
+  }
+  return any;
+}
+
+// Empty when the options are not all per sample.
+std::vector<SampleOptions> sample_options(const TermPlan& plan) {
+  if (!likelihood_per_sample(plan)) return {};
+  std::vector<SampleOptions> rows(plan.rows);
+  for (int k = 0; k < 3; ++k) {
+    const ExtraPlan& extra = plan.extras[k];
+    if (!extra.operand.present()) continue;
+    const at::Tensor values = extra.storage.to(at::kDouble).contiguous();
+    const double* v = values.data_ptr<double>();
+    for (int64_t r = 0; r < plan.rows; ++r) {
+      SampleOptions& o = rows[r];
+      (k == 0 ? o.log_scale : k == 1 ? o.offset : o.weight_half) = v[extra.operand.offset(r, 0)];
+    }
+  }
+  for (SampleOptions& o : rows) {
+    o.inv_scale = std::exp(-o.log_scale);
+    o.weight_half *= plan.likelihood_half;
+  }
+  return rows;
+}
+
+// Row sums of the plain element loss -> row sums of the loss with the
+// options, and the options' per-sample gradients.
+void apply_per_sample_likelihood(const TermPlan& plan, const std::vector<SampleOptions>& rows,
+                                 std::vector<double>& sums, std::vector<at::Tensor>& grads) {
+  std::vector<double> d_log_scale(plan.rows), d_offset(plan.rows);
+  for (int64_t r = 0; r < plan.rows; ++r) {
+    const SampleOptions& o = rows[r];
+    double d_loss;
+    likelihood_row_sums<double>(sums[r], static_cast<double>(plan.cols), o.log_scale, o.inv_scale,
+                                o.offset, o.weight_half, sums[r], d_log_scale[r], d_offset[r],
+                                d_loss);
+  }
+  const std::vector<double>* per_extra[2] = {&d_log_scale, &d_offset};
+  for (int k = 0; k < 2; ++k) {
+    const ExtraPlan& extra = plan.extras[k];
+    if (extra.grad == ExtraGrad::kPerSample) {
+      grads[extra.index] = row_sums_tensor(*per_extra[k], plan.reduction_scale, plan.acc_options);
+    }
+  }
+}
+
 // Allocates a term's outputs as the plan says, runs its pass, reduces.
 template <typename RunPass>
 void run_term(const TermPlan& plan, std::vector<at::Tensor>& grads, at::Tensor& value,
@@ -124,6 +185,15 @@ void run_term(const TermPlan& plan, std::vector<at::Tensor>& grads, at::Tensor& 
       pass.extra_grad[k] = grads[extra.index].data_ptr();
     }
   }
+  // Likelihood options all constant along each sample: the pass runs the
+  // plain rule and the options are applied to each row's sums afterwards.
+  const std::vector<SampleOptions> options = sample_options(plan);
+  std::vector<double> row_factor;  // each row's factor for the element gradients: w h e^-s
+  for (const SampleOptions& o : options) row_factor.push_back(o.weight_half * o.inv_scale);
+  if (!row_factor.empty()) {
+    for (int k = 0; k < kMaxExtras; ++k) pass.extra[k] = Operand{}, pass.extra_partials[k] = nullptr;
+    pass.row_grad_factor = row_factor.data();
+  }
   at::Tensor values;
   if (plan.keeps_values) {
     values = at::empty({plan.rows, plan.cols}, plan.acc_options);
@@ -135,9 +205,11 @@ void run_term(const TermPlan& plan, std::vector<at::Tensor>& grads, at::Tensor& 
     TORCH_CHECK(!(bits & kInputOutOfRange), "all elements of input should be between 0 and 1");
     TORCH_CHECK(!(bits & kTargetOutOfRange), "all elements of target should be between 0 and 1");
   }
-  value = term_value(row_sums(partials, plan.rows, plan.cols), plan.reduction,
-                     plan.rows * plan.cols, plan.acc_options);
+  std::vector<double> sums = row_sums(partials, plan.rows, plan.cols);
+  if (!options.empty()) apply_per_sample_likelihood(plan, options, sums, grads);
+  value = term_value(sums, plan.reduction, plan.rows * plan.cols, plan.acc_options);
   for (int k = 0; k < plan.extra_count; ++k) {
+    if (!row_factor.empty()) break;  // their per-sample gradients are set above
     const ExtraPlan& extra = plan.extras[k];
     if (extra.grad == ExtraGrad::kPerSample) {
       grads[extra.index] = row_sums_tensor(row_sums(extra_partials[k], plan.rows, plan.cols),

@@ -228,6 +228,7 @@ int term_pass(const TermPass& args) {
     any_extra_grad = any_extra_grad || slots[k].grad != nullptr || slots[k].partials != nullptr;
   }
   double* const partials = args.partials;
+  const double* const row_grad_factor = args.row_grad_factor;
   const acc_t likelihood_half = static_cast<acc_t>(args.likelihood_half);
 
   at::parallel_for(0, tasks, grain, [&](int64_t begin, int64_t end) {
@@ -238,6 +239,10 @@ int term_pass(const TermPass& args) {
       const int64_t base = row * cols;
       Vec acc_lo(0), acc_hi(0);
       Vec a_min(0), a_max(0), b_min(0), b_max(0);
+      const bool row_scaled = scaled || row_grad_factor != nullptr;
+      const Vec row_scale = row_grad_factor == nullptr
+                                ? scale
+                                : Vec(static_cast<acc_t>(args.grad_scale * row_grad_factor[row]));
 
       // Extras constant along the row are read once per task.
       Extras<Vec> hoisted_lo, hoisted_hi;
@@ -296,11 +301,11 @@ int term_pass(const TermPass& args) {
           b_max = at::vec::maximum(b_max, at::vec::maximum(b_lo, b_hi));
         }
         if (grad_a != nullptr) {
-          if (scaled) da_lo = da_lo * scale, da_hi = da_hi * scale;
+          if (row_scaled) da_lo = da_lo * row_scale, da_hi = da_hi * row_scale;
           BAcc::store(grad_a + at, n, da_lo, da_hi);
         }
         if (grad_b != nullptr) {
-          if (scaled) db_lo = db_lo * scale, db_hi = db_hi * scale;
+          if (row_scaled) db_lo = db_lo * row_scale, db_hi = db_hi * row_scale;
           BAcc::store(grad_b + at, n, db_lo, db_hi);
         }
         if (kExtras > 0 && any_extra_grad) {
