@@ -168,7 +168,8 @@ def kl_elements_closed(mu, logvar):
 
 
 def reduce_as(elements, reduction):
-    rows = elements.reshape(elements.shape[0], -1)
+    # math.prod, not -1: reshape(0, -1) is ambiguous for an empty batch
+    rows = elements.reshape(elements.shape[0], math.prod(elements.shape[1:]))
     if reduction == "sum":
         return rows.sum()
     if reduction == "mean":
@@ -214,3 +215,20 @@ def grads(loss, inputs):
 def zero_latents(n, dtype=torch.float64, device="cpu"):
     """mu = logvar = 0: a KL of exactly 0, to look at the reconstruction term alone."""
     return (torch.zeros(n, 1, dtype=dtype, device=device), torch.zeros(n, 1, dtype=dtype, device=device))
+
+
+def raises_and_leaves_inputs(fn, args, kwargs, exc, *needles):
+    """fn(*args, **kwargs) raises exc with every needle in its message, and
+    leaves every tensor argument as it was (values, and no .grad)."""
+    tensors = [t for t in (*args, *kwargs.values()) if isinstance(t, torch.Tensor)]
+    before = [t.detach().clone() if t.device.type != "meta" else None for t in tensors]
+    with pytest.raises(exc) as info:
+        fn(*args, **kwargs)
+    message = str(info.value)
+    for needle in needles:
+        assert needle in message, f"{needle!r} not in {message!r}"
+    for t, b in zip(tensors, before):
+        if b is not None:
+            torch.testing.assert_close(t.detach(), b, rtol=0, atol=0, equal_nan=True)
+        assert not t.is_leaf or t.grad is None
+    return message

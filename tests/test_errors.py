@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import vae_fused
-from .helpers import GRAD_TOL, TOL, grads, make_inputs, oracle_loss
+from .helpers import GRAD_TOL, TOL, grads, make_inputs, oracle_loss, raises_and_leaves_inputs
 
 IMPLEMENTATIONS = [pytest.param(vae_fused.vae_loss, id="fused"),
                    pytest.param(vae_fused.reference.vae_loss, id="reference")]
@@ -16,45 +16,26 @@ ALLOWED = {
 }
 
 
-def _snapshot(args):
-    return [a.detach().clone() if isinstance(a, torch.Tensor) and a.device.type != "meta" else None for a in args]
-
-
-def _raises_and_leaves_inputs(fn, args, kwargs, exc, *needles):
-    before = _snapshot(args)
-    with pytest.raises(exc) as info:
-        fn(*args, **kwargs)
-    assert type(info.value) is exc or issubclass(type(info.value), exc)
-    message = str(info.value)
-    for needle in needles:
-        assert needle in message, f"{needle!r} not in {message!r}"
-    for a, b in zip(args, before):
-        if b is not None:
-            torch.testing.assert_close(a.detach(), b, rtol=0, atol=0, equal_nan=True)
-            assert not a.is_leaf or a.grad is None
-    return message
-
-
 @pytest.mark.parametrize("fn", IMPLEMENTATIONS)
 def test_shape_mismatches_name_both_shapes(fn):
     recon_x, x, mu, logvar = make_inputs((4, 10), (4, 3), requires_grad=True)
-    _raises_and_leaves_inputs(fn, (recon_x, x[:, :9], mu, logvar), {}, ValueError, "(4, 10)", "(4, 9)")
-    _raises_and_leaves_inputs(fn, (recon_x, x, mu, logvar[:, :2]), {}, ValueError, "(4, 3)", "(4, 2)")
+    raises_and_leaves_inputs(fn, (recon_x, x[:, :9], mu, logvar), {}, ValueError, "(4, 10)", "(4, 9)")
+    raises_and_leaves_inputs(fn, (recon_x, x, mu, logvar[:, :2]), {}, ValueError, "(4, 3)", "(4, 2)")
     # batch sizes differ
-    _raises_and_leaves_inputs(fn, (recon_x, x, mu[:3], logvar[:3]), {}, ValueError, "(4, 10)", "(3, 3)")
+    raises_and_leaves_inputs(fn, (recon_x, x, mu[:3], logvar[:3]), {}, ValueError, "(4, 10)", "(3, 3)")
     # same number of elements, different shape: still an error (no silent reshape)
-    _raises_and_leaves_inputs(fn, (recon_x, x.reshape(4, 2, 5), mu, logvar), {}, ValueError, "(4, 10)",
+    raises_and_leaves_inputs(fn, (recon_x, x.reshape(4, 2, 5), mu, logvar), {}, ValueError, "(4, 10)",
                               "(4, 2, 5)")
-    _raises_and_leaves_inputs(fn, (recon_x, x, mu, logvar.reshape(4, 3, 1)), {}, ValueError, "(4, 3)",
+    raises_and_leaves_inputs(fn, (recon_x, x, mu, logvar.reshape(4, 3, 1)), {}, ValueError, "(4, 3)",
                               "(4, 3, 1)")
     # (1, D) data is not broadcast against (B, D) output
-    _raises_and_leaves_inputs(fn, (recon_x, x[:1], mu, logvar), {}, ValueError, "(4, 10)", "(1, 10)")
+    raises_and_leaves_inputs(fn, (recon_x, x[:1], mu, logvar), {}, ValueError, "(4, 10)", "(1, 10)")
 
 
 @pytest.mark.parametrize("fn", IMPLEMENTATIONS)
 def test_missing_batch_dimension(fn):
     recon_x, x, mu, logvar = make_inputs((4, 10), (4, 3))
-    _raises_and_leaves_inputs(fn, (recon_x[0, 0], x[0, 0], mu, logvar), {}, ValueError, "batch")
+    raises_and_leaves_inputs(fn, (recon_x[0, 0], x[0, 0], mu, logvar), {}, ValueError, "batch")
 
 
 @pytest.mark.parametrize("fn", IMPLEMENTATIONS)
@@ -64,7 +45,7 @@ def test_integer_and_bool_tensors_are_type_errors(fn, bad_dtype, position):
     args = list(make_inputs((3, 4), (3, 2)))
     name = ["recon_x", "x", "mu", "logvar"][position]
     args[position] = args[position].round().to(bad_dtype)
-    _raises_and_leaves_inputs(fn, tuple(args), {}, TypeError, name, str(bad_dtype))
+    raises_and_leaves_inputs(fn, tuple(args), {}, TypeError, name, str(bad_dtype))
 
 
 @pytest.mark.parametrize("fn", IMPLEMENTATIONS)
@@ -73,7 +54,7 @@ def test_two_devices_is_a_value_error(fn, position):
     args = list(make_inputs((3, 4), (3, 2)))
     other = "cuda" if torch.cuda.is_available() else "meta"
     args[position] = args[position].to(other)
-    _raises_and_leaves_inputs(fn, tuple(args), {}, ValueError, "device", other, "cpu")
+    raises_and_leaves_inputs(fn, tuple(args), {}, ValueError, "device", other, "cpu")
 
 
 @pytest.mark.parametrize("fn", IMPLEMENTATIONS)
@@ -83,7 +64,7 @@ def test_two_devices_is_a_value_error(fn, position):
     ("recon", "gaussian"), ("recon", "BCE"), ("recon", "logits"), ("recon", None),
 ])
 def test_unknown_modes_list_the_allowed_values(fn, option, value):
-    message = _raises_and_leaves_inputs(fn, tuple(make_inputs(requires_grad=True)), {option: value}, ValueError,
+    message = raises_and_leaves_inputs(fn, tuple(make_inputs(requires_grad=True)), {option: value}, ValueError,
                                         option, repr(value))
     for allowed in ALLOWED[option]:
         assert repr(allowed) in message or f'"{allowed}"' in message, (allowed, message)
@@ -100,19 +81,19 @@ def test_unknown_modes_list_the_allowed_values(fn, option, value):
 ], ids=str)
 def test_bad_beta_and_free_bits(fn, kwargs):
     key = "beta" if "beta" in kwargs else "free_bits"
-    _raises_and_leaves_inputs(fn, tuple(make_inputs(requires_grad=True)), kwargs, ValueError, key)
+    raises_and_leaves_inputs(fn, tuple(make_inputs(requires_grad=True)), kwargs, ValueError, key)
 
 
 @pytest.mark.parametrize("fn", IMPLEMENTATIONS)
 def test_free_bits_none_message_explains(fn):
-    message = _raises_and_leaves_inputs(fn, tuple(make_inputs()), dict(free_bits=0.1, reduction="none"),
+    message = raises_and_leaves_inputs(fn, tuple(make_inputs()), dict(free_bits=0.1, reduction="none"),
                                         ValueError, "free_bits")
     assert "none" in message
 
 
 @pytest.mark.parametrize("fn", IMPLEMENTATIONS)
 def test_beta_must_be_a_scalar(fn):
-    _raises_and_leaves_inputs(fn, tuple(make_inputs()), dict(beta=torch.ones(2)), ValueError, "beta")
+    raises_and_leaves_inputs(fn, tuple(make_inputs()), dict(beta=torch.ones(2)), ValueError, "beta")
     with pytest.raises((TypeError, ValueError), match="beta"):
         fn(*make_inputs(), beta="1")
 
@@ -159,7 +140,7 @@ def test_bce_input_out_of_range_is_pytorchs_error(fn, dtype, bad, recon):
         # loss (BCE's -100 log clamp at p = 1; cbce: -inf, as log C(1) = +inf) is
         # PyTorch's in float64 on the numbers actually passed in
         assert dtype in (torch.bfloat16, torch.float16)
-        before = _snapshot((recon_x, x, mu, logvar))
+        before = [t.detach().clone() for t in (recon_x, x, mu, logvar)]
         got = fn(recon_x, x, mu, logvar, recon=recon)
         expected = oracle_loss(*[t.detach().double() for t in (recon_x, x, mu, logvar)], recon=recon)
         assert got.dtype == torch.float32
@@ -167,7 +148,7 @@ def test_bce_input_out_of_range_is_pytorchs_error(fn, dtype, bad, recon):
         for a, b in zip((recon_x, x, mu, logvar), before):
             assert torch.equal(a.detach(), b)
         return
-    _raises_and_leaves_inputs(fn, (recon_x, x, mu, logvar), dict(recon=recon), RuntimeError,
+    raises_and_leaves_inputs(fn, (recon_x, x, mu, logvar), dict(recon=recon), RuntimeError,
                               "all elements of input should be between 0 and 1")
 
 
@@ -177,7 +158,7 @@ def test_bce_input_out_of_range_without_grad_and_any_reduction(fn, reduction):
     recon_x, x, mu, logvar = make_inputs((3, 17), (3, 2), dtype=torch.float32)
     recon_x[0, 0] = -0.5
     with torch.no_grad():
-        _raises_and_leaves_inputs(fn, (recon_x, x, mu, logvar), dict(reduction=reduction), RuntimeError,
+        raises_and_leaves_inputs(fn, (recon_x, x, mu, logvar), dict(reduction=reduction), RuntimeError,
                                   "all elements of input should be between 0 and 1")
 
 
@@ -190,7 +171,7 @@ def test_bce_target_out_of_range_is_pytorchs_error(fn, bad, dtype):
     # (PyTorch's own message, for the record)
     with pytest.raises(RuntimeError, match="all elements of target should be between 0 and 1"):
         torch.nn.functional.binary_cross_entropy(recon_x, x)
-    _raises_and_leaves_inputs(fn, (recon_x, x, mu, logvar), {}, RuntimeError,
+    raises_and_leaves_inputs(fn, (recon_x, x, mu, logvar), {}, RuntimeError,
                               "all elements of target should be between 0 and 1")
 
 

@@ -11,7 +11,8 @@ import torch.nn.functional as F
 from torch.distributions import Normal, kl_divergence
 
 import vae_fused
-from .helpers import LOW_PRECISION, REDUCTIONS, check_low_precision, recon_elements_f, reduce_as
+from .helpers import (LOW_PRECISION, REDUCTIONS, check_low_precision, raises_and_leaves_inputs, recon_elements_f,
+                      reduce_as)
 
 IMPLEMENTATIONS = [pytest.param(vae_fused.vae_loss_terms, id="fused"),
                    pytest.param(vae_fused.reference.vae_loss_terms, id="reference")]
@@ -511,21 +512,6 @@ def test_create_graph_gradient_penalty_on_recon_logvar(fn):
 
 # ---------------------------------------------------------------------------
 # Bad input: the contract's exceptions, inputs left as they were.
-def _raises_and_leaves_inputs(fn, args, kwargs, exc, *needles):
-    tensors = [t for t in (*args, *kwargs.values()) if isinstance(t, torch.Tensor)]
-    before = [t.detach().clone() if t.device.type != "meta" else None for t in tensors]
-    with pytest.raises(exc) as info:
-        fn(*args, **kwargs)
-    message = str(info.value)
-    for needle in needles:
-        assert needle in message, f"{needle!r} not in {message!r}"
-    for t, b in zip(tensors, before):
-        if b is not None:
-            torch.testing.assert_close(t.detach(), b, rtol=0, atol=0, equal_nan=True)
-        assert not t.is_leaf or t.grad is None
-    return message
-
-
 def _bad_input_args(recon="l1"):
     recon_x, x = _images(recon, shape=(4, 10))
     mu, logvar = _latents((4, 3))
@@ -542,7 +528,7 @@ def _bad_input_args(recon="l1"):
 ], ids=str)
 def test_unbroadcastable_shapes_name_both(fn, name, shape, target):
     value = torch.zeros(shape, dtype=torch.float64, requires_grad=name != "weight")
-    message = _raises_and_leaves_inputs(fn, _bad_input_args(), {"recon": "l1", name: value}, ValueError,
+    message = raises_and_leaves_inputs(fn, _bad_input_args(), {"recon": "l1", name: value}, ValueError,
                                         name, "broadcast", str(tuple(shape)), target)
     assert ("recon_x" if target == "(4, 10)" else "mu") in message
 
@@ -551,7 +537,7 @@ def test_unbroadcastable_shapes_name_both(fn, name, shape, target):
 @pytest.mark.parametrize("recon", ["bce", "bce_logits", "cbce"])
 def test_learned_scale_needs_l1_or_mse(fn, recon):
     s = torch.zeros((), dtype=torch.float64, requires_grad=True)
-    _raises_and_leaves_inputs(fn, _bad_input_args(recon), dict(recon=recon, recon_logvar=s), ValueError,
+    raises_and_leaves_inputs(fn, _bad_input_args(recon), dict(recon=recon, recon_logvar=s), ValueError,
                               "recon_logvar", recon)
 
 
@@ -559,7 +545,7 @@ def test_learned_scale_needs_l1_or_mse(fn, recon):
 @pytest.mark.parametrize("shape", [(), (4, 10)], ids=str)
 def test_weight_requiring_grad_is_an_error(fn, shape):
     w = torch.ones(shape, dtype=torch.float64, requires_grad=True)
-    _raises_and_leaves_inputs(fn, _bad_input_args(), dict(recon="l1", weight=w), ValueError,
+    raises_and_leaves_inputs(fn, _bad_input_args(), dict(recon="l1", weight=w), ValueError,
                               "weight", "must not require grad")
 
 
@@ -569,7 +555,7 @@ def test_weight_requiring_grad_is_an_error(fn, shape):
 def test_non_floating_options_are_type_errors(fn, name, bad_dtype):
     shape = (4, 3) if name.startswith("prior") else (4, 10)
     value = torch.ones(shape, dtype=bad_dtype)  # e.g. a bool mask passed as weight
-    _raises_and_leaves_inputs(fn, _bad_input_args(), {"recon": "l1", name: value}, TypeError, name, str(bad_dtype))
+    raises_and_leaves_inputs(fn, _bad_input_args(), {"recon": "l1", name: value}, TypeError, name, str(bad_dtype))
 
 
 @pytest.mark.parametrize("fn", IMPLEMENTATIONS)
@@ -578,12 +564,12 @@ def test_option_on_another_device_is_a_value_error(fn, name):
     other = "cuda" if torch.cuda.is_available() else "meta"
     shape = (4, 3) if name.startswith("prior") else (4, 10)
     value = torch.zeros(shape, dtype=torch.float64, device=other)
-    _raises_and_leaves_inputs(fn, _bad_input_args(), {"recon": "l1", name: value}, ValueError, "device", other)
+    raises_and_leaves_inputs(fn, _bad_input_args(), {"recon": "l1", name: value}, ValueError, "device", other)
 
 
 @pytest.mark.parametrize("fn", IMPLEMENTATIONS)
 def test_unknown_recon_lists_l1(fn):
-    message = _raises_and_leaves_inputs(fn, _bad_input_args(), dict(recon="laplace"), ValueError, "recon",
+    message = raises_and_leaves_inputs(fn, _bad_input_args(), dict(recon="laplace"), ValueError, "recon",
                                         "'laplace'")
     for allowed in ("bce", "bce_logits", "mse", "l1", "cbce"):
         assert repr(allowed) in message or f'"{allowed}"' in message, (allowed, message)

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 import vae_fused
 from .helpers import (LOW_PRECISION, RECON_MODES, REDUCTIONS, check_low_precision, kl_elements_closed,
-                      recon_elements_f)
+                      recon_elements_f, reduce_as)
 
 hypothesis = pytest.importorskip("hypothesis")
 from hypothesis import HealthCheck, assume, given, settings  # noqa: E402
@@ -67,23 +67,11 @@ def _recon_elements(recon_x, x, recon):
     return elements
 
 
-def _reduce(elements, reduction):
-    """helpers.reduce_as, also for an empty batch of any feature shape."""
-    rows = elements.reshape(elements.shape[0], math.prod(elements.shape[1:]))
-    if reduction == "sum":
-        return rows.sum()
-    if reduction == "mean":
-        return rows.sum() / rows.numel()  # 0/0 = nan for an empty batch, like torch.mean
-    if reduction == "batchmean":
-        return rows.sum() / rows.shape[0]
-    return rows.sum(dim=1)
-
-
 def _oracle_terms(recon_x, x, mu, logvar, reduction, kl_reduction, recon, free_bits):
-    r = _reduce(_recon_elements(recon_x, x, recon), reduction)
+    r = reduce_as(_recon_elements(recon_x, x, recon), reduction)
     kl = kl_elements_closed(mu, logvar)
     if free_bits <= 0:
-        return r, _reduce(kl, kl_reduction)
+        return r, reduce_as(kl, kl_reduction)
     # free bits (helpers.kl_term_oracle): sum_j max(lambda, mean_i kl_ij); NaN for an empty batch
     rows = kl.reshape(kl.shape[0], math.prod(kl.shape[1:]))
     floored = rows.mean(dim=0).clamp_min(free_bits).sum()
@@ -297,8 +285,8 @@ def test_property_sweep_against_functional(case, data):
     # the size of a term is that of its elements reduced in absolute value (cbce
     # elements of both signs cancel: the error is relative to what was summed)
     with torch.no_grad():
-        magnitude_r = _magnitude(_reduce(_recon_elements(*views64[:2], recon).abs(), reduction))
-        magnitude_k = max(_magnitude(e_kl), _magnitude(_reduce(kl_elements_closed(*views64[2:]).abs(), kl_red)))
+        magnitude_r = _magnitude(reduce_as(_recon_elements(*views64[:2], recon).abs(), reduction))
+        magnitude_k = max(_magnitude(e_kl), _magnitude(reduce_as(kl_elements_closed(*views64[2:]).abs(), kl_red)))
     # values: float32 accuracy (on the rounded numbers) wherever a float32 or
     # half input feeds the term, float64 accuracy otherwise; the half terms
     # must also be within PyTorch's own low-precision error
