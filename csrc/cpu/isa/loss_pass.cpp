@@ -177,7 +177,9 @@ bool all_binary(const Vec& v) {
 // The one loop every loss term runs: rows x cols elements of a and b, cut
 // into (row, column-chunk) tasks; per task the double partial sums, plus the
 // element gradients whose buffers are given. Returns the unit-range bits.
-template <typename TA, typename TB, typename Rule>
+// kStoresGradients = false: a forward without gradients (no_grad, inference),
+// compiled without the derivative arithmetic it would throw away.
+template <typename TA, typename TB, typename Rule, bool kStoresGradients = true>
 int term_pass(const TermPass& args) {
   using BA = Block<TA>;
   using BB = Block<TB>;
@@ -300,11 +302,11 @@ int term_pass(const TermPass& args) {
           b_min = at::vec::minimum(b_min, at::vec::minimum(b_lo, b_hi));
           b_max = at::vec::maximum(b_max, at::vec::maximum(b_lo, b_hi));
         }
-        if (grad_a != nullptr) {
+        if (kStoresGradients && grad_a != nullptr) {
           if (row_scaled) da_lo = da_lo * row_scale, da_hi = da_hi * row_scale;
           BAcc::store(grad_a + at, n, da_lo, da_hi);
         }
-        if (grad_b != nullptr) {
+        if (kStoresGradients && grad_b != nullptr) {
           if (row_scaled) db_lo = db_lo * row_scale, db_hi = db_hi * row_scale;
           BAcc::store(grad_b + at, n, db_lo, db_hi);
         }
@@ -347,6 +349,9 @@ int recon_pass_mode(const TermPass& pass) {
     using TA = typename decltype(ta)::type;
     using TB = typename decltype(tb)::type;
     if (has_extras(pass)) return term_pass<TA, TB, ReconRule<kMode, true>>(pass);
+    if (pass.grad_a == nullptr && pass.grad_b == nullptr) {
+      return term_pass<TA, TB, ReconRule<kMode, false>, false>(pass);
+    }
     return term_pass<TA, TB, ReconRule<kMode, false>>(pass);
   });
 }
