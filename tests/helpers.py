@@ -159,6 +159,8 @@ def recon_elements_f(recon_x, x, recon):
         return F.binary_cross_entropy_with_logits(recon_x, x, reduction="none")
     if recon == "mse":
         return F.mse_loss(recon_x, x, reduction="none")
+    if recon == "l1":
+        return F.l1_loss(recon_x, x, reduction="none")
     assert recon == "cbce"
     return F.binary_cross_entropy(recon_x, x, reduction="none") - _CbLogNorm.apply(recon_x)
 

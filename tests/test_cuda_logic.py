@@ -10,12 +10,11 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 import vae_fused  # noqa: F401  (loads the ops)
 from vae_fused._ops import RECON_MODES, REDUCTIONS
 
-from .helpers import cb_log_norm_closed, kl_elements_closed
+from .helpers import kl_elements_closed, recon_elements_f, reduce_as
 
 pytestmark = pytest.mark.cuda_logic
 
@@ -36,16 +35,7 @@ def _pair_id(p):
 # ---------------------------------------------------------------------------
 # Oracles (float64).
 def recon_elements(p, t, recon):
-    p, t = p.double(), t.double()
-    if recon == "bce":
-        return F.binary_cross_entropy(p, t, reduction="none")
-    if recon == "bce_logits":
-        return F.binary_cross_entropy_with_logits(p, t, reduction="none")
-    if recon == "mse":
-        return F.mse_loss(p, t, reduction="none")
-    if recon == "l1":
-        return F.l1_loss(p, t, reduction="none")
-    return F.binary_cross_entropy(p, t, reduction="none") - cb_log_norm_closed(p)
+    return recon_elements_f(p.double(), t.double(), recon)
 
 
 def cbce_grad_closed(p, t):
@@ -55,18 +45,6 @@ def cbce_grad_closed(p, t):
                      dtype=torch.float64).reshape(p.shape)
     p, t = p.double(), t.double()
     return (p - t) / (p * (1 - p)).clamp_min(1e-12) - d
-
-
-def reduce_rows(elements, reduction):
-    rows = elements.reshape(elements.shape[0], math.prod(elements.shape[1:]))
-    if reduction == "none":
-        return rows.sum(1)
-    total = rows.sum()
-    if reduction == "mean":
-        return total / rows.numel()
-    if reduction == "batchmean":
-        return total / rows.shape[0]
-    return total
 
 
 def scale_of(reduction, shape):
@@ -98,9 +76,9 @@ def oracle(inputs, recon="bce", reduction="sum", kl_reduction=None, extras=None)
         o = torch.zeros(()) if o is None else o
         w = torch.ones(()) if w is None else w
         el = half * w * ((el + o) * torch.exp(-s) + s)
-    r = reduce_rows(el, reduction)
+    r = reduce_as(el, reduction)
     kl = kl_elements_closed(mu, lv)
-    k = reduce_rows(kl, kl_reduction)
+    k = reduce_as(kl, kl_reduction)
     g = torch.autograd.grad((r.sum(), k.sum()), leaves, allow_unused=True)
     return r.detach(), k.detach(), list(g)
 
@@ -409,7 +387,7 @@ def test_emulated_likelihood_extras(recon, reduction):
     p, t = inputs[0], inputs[1]
     el = recon_elements(p, t, recon)
     half = 0.5 if recon == "mse" else 1.0
-    term = reduce_rows(half * w * ((el + leaves["recon_offset"]) * torch.exp(-leaves["recon_logvar"])
+    term = reduce_as(half * w * ((el + leaves["recon_offset"]) * torch.exp(-leaves["recon_logvar"])
                                    + leaves["recon_logvar"]), reduction)
     ds, do = torch.autograd.grad(term.sum(), [leaves["recon_logvar"], leaves["recon_offset"]])
     assert got[2][6].shape == (3,)
