@@ -103,6 +103,27 @@ def test_log_accuracy(isa):
 
 
 @pytest.mark.parametrize("isa", ISA_PARAMS)
+def test_log_unit_interval_accuracy(isa):
+    # BCE's log (no special-value handling): the same bound on (0, 1].
+    worst = sweep("log_unit_interval", [floats(2.0 ** -126, 1.0, stride=64), floats(0.5, 1.0),
+                                        floats(2.0 ** -149, 2.0 ** -126, stride=61)],
+                  isa, reference=torch.log)
+    assert worst <= BOUND_ULP, f"{isa}: log_unit_interval max error {worst} ulp"
+
+
+@pytest.mark.parametrize("isa", ISA_PARAMS)
+def test_log_unit_interval_zero_is_below_the_clamp(isa):
+    # +-0 give -150 ln 2 (the vector builds) or -inf (DEFAULT, per lane): below
+    # BCE's -100 clamp either way, so the loss is PyTorch's; a vector mixing
+    # zeros, denormals and normals keeps each lane.
+    x = torch.tensor([0.0, -0.0, 2.0 ** -149, 0.5, 1.0, 2.0 ** -130, 1e-45, 0.25] * 4)
+    got = probe(x, "log_unit_interval", isa)
+    nonzero = x != 0
+    assert all(v in (-math.inf, pytest.approx(-150 * math.log(2), rel=1e-6)) for v in got[~nonzero].tolist())
+    assert torch.equal(got[nonzero].view(torch.int32), probe(x, "log", isa)[nonzero].view(torch.int32))
+
+
+@pytest.mark.parametrize("isa", ISA_PARAMS)
 def test_log1p_accuracy(isa):
     worst = sweep("log1p", [floats(2.0 ** -149, 1.0, stride=64),
                             floats(2.0 ** -149, 1.0 - 2.0 ** -24, stride=64, negate=True),
@@ -136,8 +157,16 @@ def test_bce_logits_softplus_accuracy(isa):
 @pytest.mark.slow
 @pytest.mark.parametrize("isa", ISA_PARAMS)
 def test_log_accuracy_exhaustive(isa):
-    worst = sweep("log", [floats(2.0 ** -126, 1.0)], isa)
+    # every float below 2: denormals, and every table interval on both sides of 1
+    worst = sweep("log", [floats(2.0 ** -149, 2.0)], isa)
     assert worst <= BOUND_ULP, f"{isa}: log max error {worst} ulp"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("isa", ISA_PARAMS)
+def test_log_unit_interval_accuracy_exhaustive(isa):
+    worst = sweep("log_unit_interval", [floats(2.0 ** -149, 1.0)], isa, reference=torch.log)
+    assert worst <= BOUND_ULP, f"{isa}: log_unit_interval max error {worst} ulp"
 
 
 @pytest.mark.slow
@@ -204,14 +233,15 @@ def test_tail_lanes_match_full_vectors(fn, isa):
         assert torch.equal(probe(x[:n].contiguous(), fn, isa), full[:n])
 
 
-@pytest.mark.parametrize("fn", ["log", "log1p", "exp"])
+@pytest.mark.parametrize("fn", ["log", "log1p", "exp", "log_unit_interval"])
 def test_avx2_and_avx512_agree_bitwise(fn):
     for isa in ("AVX2", "AVX512"):
         reason = _isa_unavailable(isa)
         if reason:
             pytest.skip(reason)
-    lo, hi = {"log": (0.0, 3.4e38), "log1p": (0.0, 3.4e38), "exp": (0.0, 104.0)}[fn]
-    for x in [*floats(lo, hi, stride=1021), *floats(0.0, 1.0 if fn == "log1p" else hi, stride=1021, negate=True)]:
+    lo, hi = {"log": (0.0, 3.4e38), "log1p": (0.0, 3.4e38), "exp": (0.0, 104.0),
+              "log_unit_interval": (0.0, 1.0)}[fn]
+    for x in [*floats(lo, hi, stride=1021), *floats(0.0, 1.0 if fn == "log1p" else (0.0 if fn == "log_unit_interval" else hi), stride=1021, negate=True)]:
         a, b = probe(x, fn, "AVX2"), probe(x, fn, "AVX512")
         assert torch.equal(a.view(torch.int32), b.view(torch.int32))
 

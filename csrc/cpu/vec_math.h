@@ -1,7 +1,9 @@
 // Fast float32 log, log1p and exp for the CPU kernels: polynomials evaluated
-// with FMA, exponents by bit manipulation, no division, no table.
+// with FMA, exponents by bit manipulation, no division; log by an 8-entry
+// table held in one register (a lane permute, not a memory gather).
 //
 //   at::vec::Vectorized<float> fast_log(const at::vec::Vectorized<float>& x);
+//   at::vec::Vectorized<float> fast_log_unit_interval(const at::vec::Vectorized<float>& x);
 //   at::vec::Vectorized<float> fast_log1p(const at::vec::Vectorized<float>& x);
 //   at::vec::Vectorized<float> fast_exp(const at::vec::Vectorized<float>& x);
 //   float fast_log(float), fast_log1p(float), fast_exp(float)  (the same
@@ -9,25 +11,29 @@
 //
 // Accuracy, float32 result against the float64 function, in ulps of the
 // float32-rounded exact value (|got - exact| / ulp, ulp floored at 2^-149):
-// <= 2 ulp for all three over their whole float domain, in every build
+// <= 2 ulp for all of them over their whole float domain, in every build
 // (checked by tests/test_vec_math.py: strided sweeps by default, every float
 // under -m slow). float64 code keeps ATen's / libm's full-precision math.
 // Measured maxima, every float of the range (AMD EPYC, AVX-512 machine):
 //
-//   function    range                  AVX-512 = AVX2    DEFAULT (unfused)
-//   fast_log    [2^-149, FLT_MAX]      0.92 ulp          0.90 ulp
+//   function    range                  AVX-512 = AVX2    DEFAULT
+//   fast_log    [2^-149, 2]            1.24 ulp          1.24 ulp
 //   fast_log1p  (-1, 2^24]             0.91 ulp          1.06 ulp
 //   fast_exp    [-104, 89]             1.02 ulp          0.99 ulp
 //   log1p(exp(-|z|)) as BCE-with-logits uses it, every 16th float z in
 //   [-110, 110]:                        1.57 ulp          1.68 ulp
+// (fast_log above 2 only adds k ln 2 to the same reduction; its error there
+// is smaller. fast_log_unit_interval is fast_log on [0, 1].)
 //
 // The AVX2 and AVX-512 builds are bit-identical (same operations, same
-// order; a test checks it). DEFAULT evaluates a*b + c unfused unless the
-// compiler has a fast fmaf (then std::fma, e.g. on aarch64).
+// order; a test checks it). DEFAULT uses std::fma where the compiler has a
+// fast fmaf (e.g. aarch64), else a*b + c in double (a*b exact there).
 //
 // Special values are those of std::log / log1p / exp:
 //   log:   +0, -0 -> -inf; x < 0 -> NaN; NaN -> NaN; +inf -> +inf; denormal
 //          inputs exact-reduced (scaled by 2^23 first).
+//   log_unit_interval: the same on (0, 1]; +-0 -> -150 ln 2 = -103.97 in the
+//          vector builds (BCE clamps at -100 either way), no other specials.
 //   log1p: -1 -> -inf; x < -1 -> NaN; NaN -> NaN; +inf -> +inf; +-0 -> +-0;
 //          |x| < 2^-24 -> x.
 //   exp:   x > 88.72 -> +inf (as rounding gives it); results below 2^-126 are
@@ -35,19 +41,28 @@
 //          -inf -> 0; NaN -> NaN.
 //
 // Method.
-//   log(x): x = 2^k m, m in [sqrt(1/2), sqrt(2)) from the bits (musl's trick:
-//     subtract the bits of sqrt(1/2), the exponent field is k, the rest plus
-//     those bits is m). f = m - 1 is exact, and log(m) = f + f^2 Q(f) with Q
-//     of degree 8, a weighted minimax fit of (log1p(f) - f) / f^2 on
-//     [sqrt(1/2) - 1, sqrt(2) - 1] (relative error of log1p 4e-9, coefficients
-//     rounded to float one by one, each refit after the last rounding).
-//     k ln 2 is added in two parts (ln2_hi has 16 bits, so k ln2_hi is exact).
-//   log1p(x): u = 1 + x rounded, split as above. Where k = 0 (x in about
-//     [-0.29, 0.41]) the polynomial takes x itself (f = x exactly; tiny x
-//     falls out as x). Elsewhere (|log1p x| > 0.34) the rounding error c of
-//     u (Fast2Sum, larger operand first) is put back to first order:
-//     log(u + c) = log(u) + c/u, 1/u = 2^-k / (1 + f) ~= 2^-k (1 - f + f^2 -
-//     f^3), a term below 2^-24 with a relative error below 2.1%.
+//   log(x): x = 2^k z, z in [0.708, 1.417) from the bits (glibc's logf
+//     reduction: subtract the bits of the offset; the exponent field is k,
+//     the rest plus the offset is z). The top 3 bits of z's offset mantissa
+//     pick an interval i with centre c_i, and log(z) = log(c_i) + log1p(r),
+//     r = z / c_i - 1 = fma(z, 1/c_i, -1), |r| < 0.0567, log1p(r) = r +
+//     r^2 R(r), R of degree 3 (relative error 6e-9). 1/c_i and log(c_i) come
+//     from two 8-entry tables (tools/log_table.py derives them: log(c_i) is
+//     a float to within 1.4e-4 ulp; the interval holding 1 has c = 1, so near
+//     1 the result is the polynomial on the exact r = z - 1). Then k ln 2 +
+//     log(c_i) in one fma, plus log1p(r): 16 vector operations. Denormals
+//     and zeros (rare) are scaled by 2^23 first, on a branch taken only by a
+//     vector holding one.
+//   log1p(x): u = 1 + x rounded, x = 2^k m, m in [sqrt(1/2), sqrt(2)) from
+//     the bits (musl's split by the bits of sqrt(1/2)), log(m) = f + f^2 Q(f),
+//     f = m - 1, Q of degree 8 (a minimax fit on [sqrt(1/2) - 1, sqrt(2) - 1],
+//     relative error 4e-9). Where k = 0 (x in about [-0.29, 0.41]) the
+//     polynomial takes x itself (f = x exactly; tiny x falls out as x).
+//     Elsewhere (|log1p x| > 0.34) the rounding error c of u (Fast2Sum,
+//     larger operand first) is put back to first order: log(u + c) = log(u)
+//     + c/u, 1/u = 2^-k / (1 + f) ~= 2^-k (1 - f + f^2 - f^3), a term below
+//     2^-24 with a relative error below 2.1%. k ln 2 is added in two parts
+//     (ln2_hi has 16 bits, so k ln2_hi is exact).
 //   exp(x): n = round(x / ln 2) (by the 1.5 * 2^23 shifter), r = x - n ln 2
 //     (Cody-Waite, both steps exact or once rounded), exp(r) = 1 + r + r^2 P(r)
 //     with P of degree 4 (relative error 3e-9 on |r| <= ln2 / 2), times 2^n
@@ -102,6 +117,32 @@ inline constexpr float kLogQ6 = -0.132475004f;
 inline constexpr float kLogQ7 = 0.129147291f;
 inline constexpr float kLogQ8 = -0.0762317032f;
 
+// log(x) by table: x = 2^k z, z in [kLogTableOff, 2 kLogTableOff) ~ [0.708,
+// 1.417), cut into 8 intervals by the top 3 bits of z's offset mantissa;
+// interval i has a centre c_i with log(z) = log(c_i) + log1p(r), r = z/c_i - 1,
+// |r| < 0.0567. 1 lies in interval 4, where c = 1 (r = z - 1 exactly). The
+// other c_i = 1 / kLogInvC[i] were picked near the interval centres so that
+// log(c_i) is within 1.4e-4 ulp of its float kLogLogC[i] (a search over
+// 8193 float candidates each; tools/log_table.py). 16 entries: the 8 twice,
+// so a 16-lane permute needs no index mask.
+inline constexpr int32_t kLogTableOffBits = 0x3f355556;  // 0.70833..., 1 at 2/3 of interval 4
+alignas(64) inline constexpr float kLogInvC[16] = {
+    0x1.5a208cp+0f, 0x1.3f1138p+0f, 0x1.27fb3ep+0f, 0x1.14303ep+0f,
+    0x1p+0f,        0x1.cfb0f2p-1f, 0x1.a0aa8ap-1f, 0x1.7a059ep-1f,
+    0x1.5a208cp+0f, 0x1.3f1138p+0f, 0x1.27fb3ep+0f, 0x1.14303ep+0f,
+    0x1p+0f,        0x1.cfb0f2p-1f, 0x1.a0aa8ap-1f, 0x1.7a059ep-1f};
+alignas(64) inline constexpr float kLogLogC[16] = {
+    -0x1.34de28p-2f, -0x1.c3050ep-3f, -0x1.293444p-3f, -0x1.36e92cp-4f,
+    0.0f,            0x1.95effep-4f,  0x1.a5f7ecp-3f,  0x1.36a74p-2f,
+    -0x1.34de28p-2f, -0x1.c3050ep-3f, -0x1.293444p-3f, -0x1.36e92cp-4f,
+    0.0f,            0x1.95effep-4f,  0x1.a5f7ecp-3f,  0x1.36a74p-2f};
+inline constexpr float kLn2 = 0.693147182f;  // ln 2 rounded (error 2.7e-9 relative)
+// log1p(r) = r + r^2 R(r), |r| < 0.0567 (relative error 6.2e-9).
+inline constexpr float kLogR0 = -0.49999946f;
+inline constexpr float kLogR1 = 0.33333272f;
+inline constexpr float kLogR2 = -0.2506693f;
+inline constexpr float kLogR3 = 0.20063217f;
+
 // exp(r) = 1 + r + r^2 P(r), |r| <= ln 2 / 2.
 inline constexpr float kExpP0 = 0.49999994f;
 inline constexpr float kExpP1 = 0.166665211f;
@@ -126,7 +167,9 @@ struct ScalarLanes {
 #if defined(__FMA__) || defined(__FP_FAST_FMAF) || defined(__ARM_FEATURE_FMA)
     return std::fma(a, b, c);
 #else
-    return a * b + c;  // no fused multiply-add in this build: unfused
+    // No fused multiply-add in this build: in double, where a * b is exact,
+    // so the result is the fused one up to a rare double rounding.
+    return static_cast<float>(static_cast<double>(a) * b + c);
 #endif
   }
   static I as_int(F a) { return std::bit_cast<int32_t>(a); }
@@ -137,8 +180,12 @@ struct ScalarLanes {
   static I iand(I a, I b) { return a & b; }
   static I imax(I a, I b) { return a < b ? b : a; }
   static I sra1(I a) { return a >> 1; }
+  static I sra20(I a) { return a >> 20; }
   static I sra23(I a) { return a >> 23; }
   static I sll23(I a) { return static_cast<I>(static_cast<uint32_t>(a) << 23); }
+  // table[i & 7] (the 16-entry tables hold their 8 entries twice)
+  static F lookup8(const float* table, I i) { return table[i & 7]; }
+  static bool any(M m) { return m; }
   static M lt(F a, F b) { return a < b; }
   static M eq(F a, F b) { return a == b; }
   static M ngt(F a, F b) { return !(a > b); }  // true when unordered
@@ -169,8 +216,12 @@ struct Avx2Lanes {
   static I iand(I a, I b) { return _mm256_and_si256(a, b); }
   static I imax(I a, I b) { return _mm256_max_epi32(a, b); }
   static I sra1(I a) { return _mm256_srai_epi32(a, 1); }
+  static I sra20(I a) { return _mm256_srai_epi32(a, 20); }
   static I sra23(I a) { return _mm256_srai_epi32(a, 23); }
   static I sll23(I a) { return _mm256_slli_epi32(a, 23); }
+  // vpermps reads the low 3 bits of each index.
+  static F lookup8(const float* table, I i) { return _mm256_permutevar8x32_ps(_mm256_load_ps(table), i); }
+  static bool any(M m) { return _mm256_movemask_ps(m) != 0; }
   static M lt(F a, F b) { return _mm256_cmp_ps(a, b, _CMP_LT_OQ); }
   static M eq(F a, F b) { return _mm256_cmp_ps(a, b, _CMP_EQ_OQ); }
   static M ngt(F a, F b) { return _mm256_cmp_ps(a, b, _CMP_NGT_UQ); }
@@ -202,8 +253,12 @@ struct Avx512Lanes {
   static I iand(I a, I b) { return _mm512_and_si512(a, b); }
   static I imax(I a, I b) { return _mm512_max_epi32(a, b); }
   static I sra1(I a) { return _mm512_srai_epi32(a, 1); }
+  static I sra20(I a) { return _mm512_srai_epi32(a, 20); }
   static I sra23(I a) { return _mm512_srai_epi32(a, 23); }
   static I sll23(I a) { return _mm512_slli_epi32(a, 23); }
+  // vpermps reads the low 4 bits of each index: the table's 16 entries.
+  static F lookup8(const float* table, I i) { return _mm512_permutexvar_ps(i, _mm512_load_ps(table)); }
+  static bool any(M m) { return m != 0; }
   static M lt(F a, F b) { return _mm512_cmp_ps_mask(a, b, _CMP_LT_OQ); }
   static M eq(F a, F b) { return _mm512_cmp_ps_mask(a, b, _CMP_EQ_OQ); }
   static M ngt(F a, F b) { return _mm512_cmp_ps_mask(a, b, _CMP_NGT_UQ); }
@@ -251,24 +306,45 @@ inline typename O::F add_k_ln2(typename O::F k, typename O::F y) {
   return O::fma(k, O::set(kLn2Hi), O::fma(k, O::set(kLn2Lo), y));
 }
 
+// log of a positive normal x (bits ix) by the table: k ln 2 + log(c) +
+// log1p(r). kAdjusted: x was scaled by 2^23 (a denormal), take 23 off k.
+template <class O, bool kAdjusted>
+inline typename O::F log_by_table(typename O::F x, typename O::F k_adjust) {
+  using F = typename O::F;
+  using I = typename O::I;
+  const I ix = O::as_int(x);
+  const I tmp = O::isub(ix, O::seti(kLogTableOffBits));
+  const I i = O::sra20(tmp);  // the interval in the low 3 bits
+  const F invc = O::lookup8(kLogInvC, i);
+  const F logc = O::lookup8(kLogLogC, i);
+  F k = O::to_float(O::sra23(tmp));
+  if constexpr (kAdjusted) k = O::add(k, k_adjust);
+  const F z = O::as_float(O::isub(ix, O::iand(tmp, O::seti(static_cast<int32_t>(0xff800000u)))));
+  const F r = O::fma(z, invc, O::set(-1.0f));  // z / c - 1, rounded once
+  F q = O::fma(O::set(kLogR3), r, O::set(kLogR2));
+  q = O::fma(q, r, O::set(kLogR1));
+  q = O::fma(q, r, O::set(kLogR0));
+  const F log1p_r = O::fma(O::mul(r, r), q, r);
+  return O::add(O::fma(k, O::set(kLn2), logc), log1p_r);
+}
+
 // kSpecialValues = false: only for x in [0, 1] (-0 included), where the loss
-// clamps the log at -100 anyway: 0 -> -150 ln 2 = -103.97 (the exponent and
-// mantissa bits of 0 give k = -150, m = 1), the rest as with them. Saves the
-// special-value selects, about a quarter of the log.
+// clamps the log at -100 anyway: +-0 -> -150 ln 2 = -103.97 (scaled as a
+// denormal, 0 has k = -127 and z = 1), the rest as with them. Saves the
+// special-value selects. Denormals and zeros are rare: a vector without any
+// takes the table log alone (a branch, not selects, on every vector).
 template <class O, bool kSpecialValues = true>
 inline typename O::F log_impl(typename O::F x) {
   using F = typename O::F;
-  using I = typename O::I;
-  if constexpr (!kSpecialValues) x = O::abs(x);  // -0 -> +0
-  // Denormals: scale by 2^23 (exact), take 23 off the exponent.
-  const auto denormal = O::lt(x, O::set(kMinNormal));
-  const F xs = O::select(denormal, O::mul(x, O::set(kTwo23)), x);
-  const F k_adjust = O::select(denormal, O::set(-23.0f), O::set(0.0f));
-  F m;
-  const I ix = split_exponent<O>(xs, m);
-  const F k = O::add(O::to_float(O::sra23(ix)), k_adjust);
-  const F f = O::sub(m, O::set(1.0f));
-  const F r = add_k_ln2<O>(k, O::add(f, log_poly_tail<O>(f)));
+  const auto tiny = O::lt(x, O::set(kMinNormal));  // also true for x <= 0
+  F r;
+  if (O::any(tiny)) {
+    // Denormals: scale by 2^23 (exact), take 23 off the exponent.
+    const F xs = O::select(tiny, O::mul(O::abs(x), O::set(kTwo23)), x);
+    r = log_by_table<O, true>(xs, O::select(tiny, O::set(-23.0f), O::set(0.0f)));
+  } else {
+    r = log_by_table<O, false>(x, O::set(0.0f));
+  }
   if constexpr (!kSpecialValues) return r;
   // Not a positive finite number: 0 -> -inf, x < 0 -> NaN, NaN -> NaN,
   // +inf -> +inf (x + x quiets a signalling NaN and keeps +inf).

@@ -25,6 +25,8 @@ template <int kFn>
 Vec apply(const Vec& x) {
   if constexpr (kFn == kProbeLog) {
     return vae_fused::fast_log(x);
+  } else if constexpr (kFn == kProbeLogUnitInterval) {
+    return vae_fused::fast_log_unit_interval(x);
   } else if constexpr (kFn == kProbeLog1p) {
     return vae_fused::fast_log1p(x);
   } else {
@@ -57,6 +59,7 @@ void math_probe(int fn, const float* in, float* out, int64_t n) {
     case kProbeLog: run<kProbeLog>(in, out, n); break;
     case kProbeLog1p: run<kProbeLog1p>(in, out, n); break;
     case kProbeExp: run<kProbeExp>(in, out, n); break;
+    case kProbeLogUnitInterval: run<kProbeLogUnitInterval>(in, out, n); break;
     default: break;  // the op checks fn before calling
   }
 }
