@@ -89,6 +89,33 @@ def _check_beta(beta) -> None:
         raise TypeError(f"vae_fused: beta must be a float or a 0-d tensor, got {type(beta).__name__}")
 
 
+# Validated (reduction, kl_reduction, recon, free_bits, type(free_bits)) ->
+# schema codes: a training loop passes the same options every step, and
+# checking them anew cost ~1 us of a ~40 us small-batch step. Bounded: it is
+# only filled with valid options, which are few unless free_bits varies.
+_CODES_CACHE: dict = {}
+_CODES_CACHE_MAX = 256
+
+
+def option_codes(beta, reduction, kl_reduction, recon, free_bits) -> tuple:
+    """check_options(...).codes, remembered per distinct option set; beta is
+    checked every call (it may be a tensor, and changes between steps)."""
+    if torch.compiler.is_compiling():  # traced once: no cache in the graph
+        return check_options(beta, reduction, kl_reduction, recon, free_bits).codes
+    if type(beta) is float and beta >= 0:  # the common case, checked inline
+        pass
+    else:
+        _check_beta(beta)
+    key = (reduction, kl_reduction, recon, free_bits, type(free_bits))
+    try:
+        return _CODES_CACHE[key]
+    except (KeyError, TypeError):  # not seen yet, or unhashable (then invalid)
+        codes = check_options(beta, reduction, kl_reduction, recon, free_bits).codes
+        if len(_CODES_CACHE) < _CODES_CACHE_MAX:
+            _CODES_CACHE[key] = codes
+        return codes
+
+
 def check_options(beta=1.0, reduction="sum", kl_reduction=None, recon="bce", free_bits=0.0) -> LossOptions:
     reduction = _choice("reduction", reduction, REDUCTIONS)
     kl_reduction = reduction if kl_reduction is None else _choice("kl_reduction", kl_reduction, REDUCTIONS)
@@ -115,7 +142,7 @@ def check_tensor_types(tensors: dict) -> None:
 
 
 def under_functorch(tensors) -> bool:
-    if torch.compiler.is_compiling():
+    if torch.compiler.is_compiling() or not torch._C._are_functorch_transforms_active():
         return False
     return any(torch._C._functorch.is_functorch_wrapped_tensor(t) for t in tensors)
 

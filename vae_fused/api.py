@@ -7,7 +7,8 @@ from typing import NamedTuple
 
 import torch
 
-from ._ops import check_options, check_tensor_types, loss_op, strict_mode, under_functorch
+from ._ops import (TENSOR_ARGS, check_options, check_tensor_types, loss_op, option_codes, strict_mode,
+                   under_functorch)
 
 
 class VAELossTerms(NamedTuple):
@@ -34,21 +35,30 @@ def vae_loss_terms(recon_x, x, mu, logvar, *, beta=1.0, reduction="sum", kl_redu
                    recon="bce", free_bits=0.0, prior_mu=None, prior_logvar=None, recon_logvar=None,
                    recon_offset=None, weight=None) -> VAELossTerms:
     """Like vae_loss, but also returns the two terms (from the same op call)."""
-    opts = check_options(beta, reduction, kl_reduction, recon, free_bits)
-    tensors = dict(recon_x=recon_x, x=x, mu=mu, logvar=logvar, prior_mu=prior_mu,
-                   prior_logvar=prior_logvar, recon_logvar=recon_logvar,
-                   recon_offset=recon_offset, weight=weight)
-    check_tensor_types(tensors)
-    if under_functorch((recon_x, x, mu, logvar)):
+    # Host cost matters at small batches: the string options are checked once
+    # per distinct set (option_codes), everything about the tensors in C++.
+    codes = option_codes(beta, reduction, kl_reduction, recon, free_bits)
+    tensors = (recon_x, x, mu, logvar, prior_mu, prior_logvar, recon_logvar, recon_offset, weight)
+    if not all(isinstance(t, torch.Tensor) for t in tensors[:4]) or \
+            not all(t is None or isinstance(t, torch.Tensor) for t in tensors[4:]):
+        check_tensor_types(dict(zip(TENSOR_ARGS, tensors)))  # raises, naming the argument
+    if under_functorch(tensors[:4]):
         raise RuntimeError(
             "vae_fused: torch.func transforms (grad, vmap, jacrev, ...) are not supported; "
             "compute gradients with loss.backward() or torch.autograd.grad, and batch "
             "several losses by concatenating them along the batch with reduction='none'"
         )
-    _check_unit_range_strict(recon_x, x, opts.recon)
-    recon_term, kl_term = loss_op(*tensors.values(), *opts.codes)
-    beta = opts.beta.to(kl_term.dtype) if isinstance(opts.beta, torch.Tensor) else opts.beta
-    return VAELossTerms(recon_term + beta * kl_term, recon_term, kl_term)
+    _check_unit_range_strict(recon_x, x, recon)
+    recon_term, kl_term = loss_op(*tensors, *codes)
+    if isinstance(beta, torch.Tensor):
+        loss = recon_term + beta.to(kl_term.dtype) * kl_term
+    elif not torch.compiler.is_compiling() and beta == 1:
+        # 1 * kl is kl exactly: one op and one backward node less. (Not when
+        # tracing: comparing a symbolic beta would guard on it and recompile.)
+        loss = recon_term + kl_term
+    else:
+        loss = recon_term + beta * kl_term
+    return VAELossTerms(loss, recon_term, kl_term)
 
 
 def vae_loss(recon_x, x, mu, logvar, *, beta=1.0, reduction="sum", kl_reduction=None, recon="bce",
