@@ -58,3 +58,29 @@ def test_binary_targets_give_the_general_paths_results(shape, dtype):
     (grad_mixed,) = torch.autograd.grad(vae_fused.vae_loss(p, x_mixed, mu, lv).sum(), p)
     flat_b, flat_m = grad_binary.reshape(-1)[:-64], grad_mixed.reshape(-1)[:-64]
     assert torch.equal(flat_b, flat_m)
+
+
+@pytest.mark.parametrize("shape", [(5, 37), (3, 4099), (1, 1), (2, 70000)])
+@pytest.mark.parametrize("reduction", ["sum", "none"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+def test_half_gradient_rounded_once_from_float(shape, reduction, dtype):
+    # The backward of a half input: the float32 element gradient times the
+    # upstream gradient (one factor per sample under "none"), rounded once to
+    # the input's dtype -- every element, tails and row ends included.
+    g = torch.Generator().manual_seed(3)
+    p = (torch.rand(shape, generator=g) * 0.98 + 0.01).to(dtype).requires_grad_()
+    x = torch.rand(shape, generator=g).to(dtype)
+    mu = torch.randn(shape[0], 3, generator=g).to(dtype).requires_grad_()
+    lv = torch.randn(shape[0], 3, generator=g).to(dtype).requires_grad_()
+    loss = vae_fused.vae_loss(p, x, mu, lv, reduction=reduction)
+    upstream = torch.rand(loss.shape, generator=g) * 100 + 1
+    loss.backward(upstream.to(dtype))
+    # float64 oracle of F.binary_cross_entropy's gradient, times the upstream
+    pd, xd = p.detach().double(), x.double()
+    up = upstream.to(dtype).double()
+    factor = up.reshape(-1, 1) if reduction == "none" else up
+    expected = (pd - xd) / (pd * (1 - pd)).clamp_min(1e-12) * factor
+    # rounded once from float32: within half an ulp of dtype (+ float32's error)
+    eps = torch.finfo(dtype).eps
+    torch.testing.assert_close(p.grad.double(), expected, rtol=eps * 0.5 + 1e-5, atol=0)
+    assert p.grad.dtype == dtype

@@ -251,7 +251,22 @@ std::tuple<at::Tensor, at::Tensor, std::vector<at::Tensor>> vae_loss_forward_cpu
 at::Tensor scale_gradient_cpu(const at::Tensor& grad, const at::Tensor& upstream, double scale,
                               at::ScalarType dtype) {
   at::Tensor out = empty_gradient(grad, dtype);
-  at::mul_out(out, grad, gradient_factor(grad, upstream, scale));
+  const at::Tensor factor = gradient_factor(grad, upstream, scale).contiguous();
+  const bool to_half = dtype == at::kHalf || dtype == at::kBFloat16;
+  if (to_half && grad.scalar_type() == at::kFloat && factor.scalar_type() == at::kFloat &&
+      grad.is_contiguous() && out.is_contiguous() && grad.numel() > 0) {
+    ScaleToHalf args;
+    args.grad = grad.data_ptr<float>();
+    args.out = out.data_ptr();
+    args.out_dtype = dtype;
+    args.rows = grad.dim() == 0 ? 1 : grad.size(0);
+    args.cols = grad.numel() / args.rows;
+    args.factor = factor.data_ptr<float>();
+    args.per_row = factor.numel() > 1;
+    passes_for(selected_capability()).scale_to_half(args);
+    return out;
+  }
+  at::mul_out(out, grad, factor);
   return out;
 }
 

@@ -376,9 +376,43 @@ void kl_pass(const TermPass& pass) {
   });
 }
 
+template <typename T>
+void scale_to_half_typed(const ScaleToHalf& args) {
+  using Vec = Vectorized<float>;
+  constexpr int64_t kSize = Block<T>::kSize;
+  static_assert(kSize == Block<float>::kSize, "a float block and a half block hold as many lanes");
+  const float* grad = args.grad;
+  T* out = static_cast<T*>(args.out);
+  const int64_t cols = args.cols;
+  at::parallel_for(0, args.rows * cols, 32768, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end;) {
+      const int64_t row = i / cols;
+      const int64_t row_end = std::min(end, (row + 1) * cols);
+      const Vec factor(args.factor[args.per_row ? row : 0]);
+      while (i < row_end) {
+        const int64_t n = std::min(kSize, row_end - i);
+        Vec lo, hi;
+        Block<float>::load(grad + i, n, lo, hi);
+        Block<T>::store(out + i, n, lo * factor, hi * factor);
+        i += n;
+      }
+    }
+  });
+}
+
+void scale_to_half(const ScaleToHalf& args) {
+  if (args.out_dtype == c10::ScalarType::Half) {
+    scale_to_half_typed<c10::Half>(args);
+  } else {
+    TORCH_CHECK(args.out_dtype == c10::ScalarType::BFloat16, "vae_fused: scale_to_half got ",
+                args.out_dtype);
+    scale_to_half_typed<c10::BFloat16>(args);
+  }
+}
+
 }  // namespace
 
-LossPasses loss_passes() { return {&recon_pass, &kl_pass}; }
+LossPasses loss_passes() { return {&recon_pass, &kl_pass, &scale_to_half}; }
 
 }  // namespace CPU_CAPABILITY
 }  // namespace vae_fused::cpu
