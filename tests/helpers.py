@@ -7,6 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import vae_fused
+
 REDUCTIONS = ["sum", "mean", "batchmean", "none"]
 RECON_MODES = ["bce", "bce_logits", "mse", "cbce"]
 LOW_PRECISION = [torch.bfloat16, torch.float16]
@@ -234,3 +236,13 @@ def raises_and_leaves_inputs(fn, args, kwargs, exc, *needles):
             torch.testing.assert_close(t.detach(), b, rtol=0, atol=0, equal_nan=True)
         assert not t.is_leaf or t.grad is None
     return message
+
+
+def use_kernel_build(monkeypatch, cap):
+    """Selects the CPU kernel build `cap`; skips (with the reason) where this
+    machine cannot run it, instead of silently testing a lower build."""
+    monkeypatch.setenv("VAE_FUSED_CPU_CAPABILITY", cap)
+    running = vae_fused.cpu_capability()
+    if running != cap.upper():
+        pytest.skip(f"the {cap.upper()} kernel build cannot run here: this CPU/torch runs {running} "
+                    f"(torch reports {torch.backends.cpu.get_cpu_capability()})")

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 import vae_fused
-from .helpers import RECON_MODES, TOL, grads, make_inputs, oracle_loss
+from .helpers import RECON_MODES, TOL, grads, make_inputs, oracle_loss, use_kernel_build
 
 ORDER = ["DEFAULT", "AVX2", "AVX512"]
 
@@ -88,21 +88,11 @@ def test_capability_default_is_the_machines(monkeypatch):
     assert vae_fused.cpu_capability() == _machine_capability()
 
 
-def _use_kernel_build(monkeypatch, cap):
-    """Selects the CPU kernel build `cap`; skips (with the reason) where this
-    machine cannot run it, instead of silently testing a lower build."""
-    monkeypatch.setenv("VAE_FUSED_CPU_CAPABILITY", cap)
-    running = vae_fused.cpu_capability()
-    if running != cap.upper():
-        pytest.skip(f"the {cap.upper()} kernel build cannot run here: this CPU/torch runs {running} "
-                    f"(torch reports {torch.backends.cpu.get_cpu_capability()})")
-
-
 @pytest.mark.parametrize("cap", ["default", "avx2", "avx512"])
 @pytest.mark.parametrize("recon", RECON_MODES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64], ids=str)
 def test_every_cpu_kernel_build(monkeypatch, cap, recon, dtype):
-    _use_kernel_build(monkeypatch, cap)
+    use_kernel_build(monkeypatch, cap)
     inputs64 = make_inputs((5, 1000), (5, 37), recon=recon, seed=7)  # partial vector blocks included
     low = [t.to(dtype).requires_grad_() for t in inputs64]
     rounded = [t.detach().double().requires_grad_() for t in low]

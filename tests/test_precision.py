@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 
 import vae_fused
+from .helpers import use_kernel_build
 
 
 def _zero_fraction(t):
@@ -58,6 +59,38 @@ def test_binary_targets_give_the_general_paths_results(shape, dtype):
     (grad_mixed,) = torch.autograd.grad(vae_fused.vae_loss(p, x_mixed, mu, lv).sum(), p)
     flat_b, flat_m = grad_binary.reshape(-1)[:-64], grad_mixed.reshape(-1)[:-64]
     assert torch.equal(flat_b, flat_m)
+
+
+@pytest.mark.parametrize("cap", ["default", "avx2", "avx512"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_binary_path_is_bit_identical_to_the_general_path(monkeypatch, cap, dtype):
+    # The same binary targets twice: without a target gradient (blocks of 0/1
+    # targets take the one-log path) and with one (every block takes the
+    # general rule). Losses and recon_x gradients must agree bit for bit, in
+    # every kernel build; -0.0 targets, p at 0 and 1, and a row whose blocks
+    # mix binary and general ones included.
+    use_kernel_build(monkeypatch, cap)
+    g = torch.Generator().manual_seed(5)
+    shape = (6, 1000)
+    p = (torch.rand(shape, generator=g, dtype=torch.float64) * 0.98 + 0.01).to(dtype)
+    p[0, :8] = torch.tensor([0.0, 1.0, 0.0, 1.0, 1e-30, 1 - 2.0 ** -24, 0.5, 2.0 ** -130], dtype=dtype)
+    x = (torch.rand(shape, generator=g) > 0.5).to(dtype)
+    x[0, :4] = torch.tensor([0.0, 1.0, -0.0, 0.0], dtype=dtype)
+    x[1, ::97] = 0.25  # general blocks among binary ones in this row
+    mu, lv = torch.zeros(shape[0], 1, dtype=dtype), torch.zeros(shape[0], 1, dtype=dtype)
+    runs = []
+    for target_grad in (False, True):
+        pp = p.clone().requires_grad_()
+        xx = x.clone().requires_grad_(target_grad)
+        loss = vae_fused.vae_loss(pp, xx, mu, lv, reduction="none")
+        runs.append((loss.detach(), torch.autograd.grad(loss.sum(), pp)[0]))
+    (loss_fast, grad_fast), (loss_general, grad_general) = runs
+    assert torch.equal(loss_fast, loss_general)
+    assert torch.equal(grad_fast, grad_general)
+    # and both are F.binary_cross_entropy's (float64 oracle, -100 clamp included)
+    expected = F.binary_cross_entropy(p.double(), x.double().abs(), reduction="none").sum(1)
+    torch.testing.assert_close(loss_fast.double(), expected, rtol=1e-5 if dtype == torch.float32 else 1e-12,
+                               atol=0)
 
 
 @pytest.mark.parametrize("shape", [(5, 37), (3, 4099), (1, 1), (2, 70000)])

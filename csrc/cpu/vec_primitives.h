@@ -81,5 +81,14 @@ inline at::vec::Vectorized<S> vselect(const at::vec::Vectorized<S>& mask,
   return at::vec::Vectorized<S>::blendv(b, a, mask);
 }
 
+#if defined(CPU_CAPABILITY_AVX512)
+// select on an AVX-512 mask register (one instruction; the lane-vector form
+// above converts the mask back first).
+inline at::vec::Vectorized<float> vselect(__mmask16 mask, const at::vec::Vectorized<float>& a,
+                                          const at::vec::Vectorized<float>& b) {
+  return _mm512_mask_blend_ps(mask, b, a);
+}
+#endif
+
 }  // namespace CPU_CAPABILITY
 }  // namespace vae_fused
