@@ -60,11 +60,12 @@ inline at::vec::Vectorized<float> vdiv(const at::vec::Vectorized<float>& n,
                                        const at::vec::Vectorized<float>& d) {
   using Vec = at::vec::Vectorized<float>;
 #if defined(CPU_CAPABILITY_AVX512)
-  const Vec r = _mm512_rcp14_ps(d);
+  const __m512 r = _mm512_rcp14_ps(d);
+  const Vec refined = _mm512_mul_ps(r, _mm512_fnmadd_ps(d, r, _mm512_set1_ps(2.0f)));
 #else
-  const Vec r = _mm256_rcp_ps(d);
+  const __m256 r = _mm256_rcp_ps(d);
+  const Vec refined = _mm256_mul_ps(r, _mm256_fnmadd_ps(d, r, _mm256_set1_ps(2.0f)));
 #endif
-  const Vec refined = r * at::vec::fmsub(Vec(0.0f) - d, r, Vec(-2.0f));
   return n * refined;
 }
 #endif
