@@ -58,3 +58,21 @@ def test_train_autoencoder_kl_curves_agree(tmp_path):
         assert fused_loss == pytest.approx(torch_loss, rel=1e-9, abs=0)
         assert fused_s == pytest.approx(torch_s, rel=1e-9, abs=1e-15)
     assert (tmp_path / "autoencoder_kl_reconstruction.png").exists()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/maps (Linux)")
+def test_passes_are_built_with_openmp_and_share_torchs_runtime():
+    # at::parallel_for splits work only where the translation unit was built
+    # with OpenMP; without -fopenmp every CPU pass silently ran on one thread.
+    # The extension must call into OpenMP, and the process must hold a single
+    # OpenMP runtime (the one torch loaded), not a second copy.
+    import torch
+    import vae_fused
+
+    if "OpenMP" not in torch.__config__.parallel_info():
+        pytest.skip("this torch is not built with OpenMP")
+    library = Path(vae_fused._C.__file__).read_bytes()
+    assert b"GOMP_parallel" in library, "vae_fused._C was built without -fopenmp"
+    with open("/proc/self/maps") as maps:
+        runtimes = {line.split()[-1] for line in maps if "libgomp" in line or "libiomp" in line}
+    assert len(runtimes) == 1, f"more than one OpenMP runtime loaded: {sorted(runtimes)}"
