@@ -3,9 +3,10 @@ names the problem, and inputs left as they were. vae_fused.reference raises
 the same exceptions."""
 import pytest
 import torch
+import torch.nn.functional as F
 
 import vae_fused
-from .helpers import GRAD_TOL, TOL, grads, make_inputs, oracle_loss, raises_and_leaves_inputs
+from .helpers import GRAD_TOL, TOL, grads, make_inputs, oracle_loss, raises_and_leaves_inputs, use_kernel_build
 
 IMPLEMENTATIONS = [pytest.param(vae_fused.vae_loss, id="fused"),
                    pytest.param(vae_fused.reference.vae_loss, id="reference")]
@@ -238,3 +239,29 @@ def test_raw_op_checks_its_arguments_too():
         torch.ops.vae_fused.vae_loss_forward(recon_x, x[:, :5], mu, logvar, *none5, 0, 2, 2, 0.0, 0)
     with pytest.raises(TypeError, match="converted"):  # the kernels' op takes converted dtypes only
         torch.ops.vae_fused.vae_loss_forward(recon_x, x.float(), mu, logvar, *none5, 0, 2, 2, 0.0, 0)
+
+
+@pytest.mark.parametrize("cap", ["default", "avx2", "avx512"])
+@pytest.mark.parametrize("which", ["input", "target"])
+@pytest.mark.parametrize("value,ok", [(-0.0, True), (1.0, True), (0.0, True), (-1e-45, False),
+                                      (-float("nan"), False), (1.0000001, False), (-float("inf"), False)])
+def test_unit_range_check_in_every_build(monkeypatch, cap, which, value, ok):
+    # The range check of every kernel build, at the first element of a full
+    # vector block and in the middle of a row, with binary targets around
+    # (blocks of 0/1 targets take their own path): -0.0 is in [0, 1] as in
+    # F.binary_cross_entropy; a negative denormal, -NaN, -inf and 1 + ulp are not.
+    use_kernel_build(monkeypatch, cap)
+    g = torch.Generator().manual_seed(2)
+    recon_x = torch.rand(3, 1024, generator=g) * 0.98 + 0.01
+    x = (torch.rand(3, 1024, generator=g) > 0.5).float()
+    mu, logvar = torch.zeros(3, 2), torch.zeros(3, 2)
+    t = recon_x if which == "input" else x
+    t[0, 0] = value
+    t[1, 517] = value
+    if ok:
+        got = vae_fused.vae_loss(recon_x, x, mu, logvar)
+        expected = F.binary_cross_entropy(recon_x.double(), x.double(), reduction="sum")
+        torch.testing.assert_close(got.double(), expected, rtol=1e-5, atol=0)
+    else:
+        with pytest.raises(RuntimeError, match=f"all elements of {which} should be between 0 and 1"):
+            vae_fused.vae_loss(recon_x, x, mu, logvar)

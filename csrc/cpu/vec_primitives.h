@@ -19,17 +19,39 @@ namespace vae_fused {
 inline namespace CPU_CAPABILITY {
 
 // Primitives, vectorized (at::vec; lanes of Vectorized<float> or <double>).
-// at::vec::maximum propagates NaN like the scalar vmax in element_math.h.
+// vmax/vmin follow the scalar rule of element_math.h exactly, (a < b) ? b : a
+// and (b < a) ? b : a (a NaN in `a` propagates): that is the x86 max/min
+// instruction with the operands swapped, one operation (at::vec::maximum,
+// which propagates a NaN from either side, takes four on AVX-512).
 template <typename S>
 inline at::vec::Vectorized<S> vmax(const at::vec::Vectorized<S>& a,
                                    const at::vec::Vectorized<S>& b) {
-  return at::vec::maximum(a, b);
+  return at::vec::Vectorized<S>::blendv(a, b, a < b);
 }
 template <typename S>
 inline at::vec::Vectorized<S> vmin(const at::vec::Vectorized<S>& a,
                                    const at::vec::Vectorized<S>& b) {
-  return at::vec::minimum(a, b);
+  return at::vec::Vectorized<S>::blendv(a, b, b < a);
 }
+#if defined(CPU_CAPABILITY_AVX512)
+inline at::vec::Vectorized<float> vmax(const at::vec::Vectorized<float>& a,
+                                       const at::vec::Vectorized<float>& b) {
+  return _mm512_max_ps(b, a);
+}
+inline at::vec::Vectorized<float> vmin(const at::vec::Vectorized<float>& a,
+                                       const at::vec::Vectorized<float>& b) {
+  return _mm512_min_ps(b, a);
+}
+#elif defined(CPU_CAPABILITY_AVX2)
+inline at::vec::Vectorized<float> vmax(const at::vec::Vectorized<float>& a,
+                                       const at::vec::Vectorized<float>& b) {
+  return _mm256_max_ps(b, a);
+}
+inline at::vec::Vectorized<float> vmin(const at::vec::Vectorized<float>& a,
+                                       const at::vec::Vectorized<float>& b) {
+  return _mm256_min_ps(b, a);
+}
+#endif
 template <typename S>
 inline at::vec::Vectorized<S> vlog(const at::vec::Vectorized<S>& a) { return a.log(); }
 // float lanes: the op's own polynomial log/log1p/exp (vec_math.h, <= 2 ulp,

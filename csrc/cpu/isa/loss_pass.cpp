@@ -147,19 +147,60 @@ double lane_sum(const Vectorized<S>& v) {
   return s;
 }
 
-template <typename S>
-bool outside_unit_range(const Vectorized<S>& lo, const Vectorized<S>& hi) {
-  // lo/hi are lane-wise running min/max (NaN-propagating), so a NaN anywhere
-  // fails both comparisons and is reported too.
-  __at_align__ S l[Vectorized<S>::size()];
-  __at_align__ S h[Vectorized<S>::size()];
-  lo.store(l);
-  hi.store(h);
-  for (int64_t i = 0; i < Vectorized<S>::size(); ++i) {
-    if (!(l[i] >= S(0) && h[i] <= S(1))) return true;
+// Whether any element a pass read lies outside [0, 1] or is NaN (BCE's input
+// check, raised after the pass). Generic lanes: running min/max that
+// propagate NaN, checked once per task.
+template <typename Vec>
+struct UnitRange {
+  Vec lo = Vec(0), hi = Vec(0);
+  void add(const Vec& x, const Vec& y) {
+    lo = at::vec::minimum(lo, at::vec::minimum(x, y));
+    hi = at::vec::maximum(hi, at::vec::maximum(x, y));
   }
-  return false;
-}
+  bool outside() const {
+    using S = typename Vec::value_type;
+    __at_align__ S l[Vec::size()];
+    __at_align__ S h[Vec::size()];
+    lo.store(l);
+    hi.store(h);
+    for (int64_t i = 0; i < Vec::size(); ++i) {
+      if (!(l[i] >= S(0) && h[i] <= S(1))) return true;
+    }
+    return false;
+  }
+};
+#if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
+// float lanes: x + 0 turns -0 into +0, and then x is in [0, 1] exactly when
+// its bits, read as an unsigned integer, are at most those of 1.0 (a negative
+// number, NaN or anything above 1 has more). One running unsigned max: two
+// operations a vector, where the NaN-propagating min and max took eight.
+template <>
+struct UnitRange<Vectorized<float>> {
+#if defined(CPU_CAPABILITY_AVX512)
+  __m512i top = _mm512_setzero_si512();
+  void add(const Vectorized<float>& x, const Vectorized<float>& y) {
+    const __m512 zero = _mm512_setzero_ps();
+    top = _mm512_max_epu32(top, _mm512_max_epu32(_mm512_castps_si512(_mm512_add_ps(x, zero)),
+                                                 _mm512_castps_si512(_mm512_add_ps(y, zero))));
+  }
+  bool outside() const {
+    return _mm512_cmpgt_epu32_mask(top, _mm512_set1_epi32(0x3f800000)) != 0;
+  }
+#else
+  __m256i top = _mm256_setzero_si256();
+  void add(const Vectorized<float>& x, const Vectorized<float>& y) {
+    const __m256 zero = _mm256_setzero_ps();
+    top = _mm256_max_epu32(top, _mm256_max_epu32(_mm256_castps_si256(_mm256_add_ps(x, zero)),
+                                                 _mm256_castps_si256(_mm256_add_ps(y, zero))));
+  }
+  bool outside() const {
+    const __m256i one = _mm256_set1_epi32(0x3f800000);
+    const __m256i within = _mm256_cmpeq_epi32(_mm256_max_epu32(top, one), one);
+    return _mm256_movemask_epi8(within) != -1;
+  }
+#endif
+};
+#endif
 
 // Keeps the first n lanes of a block (lo, hi), zeroing the padding lanes.
 template <bool kFull = false, typename Vec>
@@ -297,7 +338,7 @@ int term_pass(const TermPass& args) {
       const int64_t col_end = std::min(cols, col_begin + kChunk);
       const int64_t base = row * cols;
       Vec acc_lo(0), acc_hi(0);
-      Vec a_min(0), a_max(0), b_min(0), b_max(0);
+      UnitRange<Vec> a_range, b_range;
       const bool row_scaled = scaled || row_grad_factor != nullptr;
       const Vec row_scale = row_grad_factor == nullptr
                                 ? scale
@@ -357,12 +398,8 @@ int term_pass(const TermPass& args) {
         if (values != nullptr) BAcc::template store<kFull>(values + at, n, v_lo, v_hi);
         if constexpr (Rule::kChecksUnitRange) {
           // Zero padding lies inside [0, 1], so it never raises a false alarm.
-          a_min = at::vec::minimum(a_min, at::vec::minimum(a_lo, a_hi));
-          a_max = at::vec::maximum(a_max, at::vec::maximum(a_lo, a_hi));
-          if (!binary) {  // a binary block's targets are in [0, 1]
-            b_min = at::vec::minimum(b_min, at::vec::minimum(b_lo, b_hi));
-            b_max = at::vec::maximum(b_max, at::vec::maximum(b_lo, b_hi));
-          }
+          a_range.add(a_lo, a_hi);
+          if (!binary) b_range.add(b_lo, b_hi);  // a binary block's targets are in [0, 1]
         }
         if (kStoresGradients && grad_a != nullptr) {
           if (row_scaled) da_lo = da_lo * row_scale, da_hi = da_hi * row_scale;
@@ -393,8 +430,8 @@ int term_pass(const TermPass& args) {
       }
       if constexpr (Rule::kChecksUnitRange) {
         int bits = 0;
-        if (outside_unit_range(a_min, a_max)) bits |= kInputOutOfRange;
-        if (outside_unit_range(b_min, b_max)) bits |= kTargetOutOfRange;
+        if (a_range.outside()) bits |= kInputOutOfRange;
+        if (b_range.outside()) bits |= kTargetOutOfRange;
         if (bits != 0) range_bits.fetch_or(bits, std::memory_order_relaxed);
       }
     }
