@@ -119,6 +119,14 @@ bool graph_is_retained() {
   }
 }
 
+// A plain 0-d CPU upstream gradient that is exactly 1 (the usual
+// loss.backward()): its value is read on the host for free; a CUDA upstream is
+// never read (that would sync), nor one torch.compile is tracing.
+bool is_unit_cpu_scalar(const Tensor& upstream) {
+  return upstream.dim() == 0 && is_plain(upstream) && upstream.device().is_cpu() &&
+         upstream.item<double>() == 1.0;
+}
+
 // grad * upstream for one of recon_x / x / mu / logvar, in the input's dtype.
 // (A half input's gradient is stored in float32: always a new tensor.)
 Tensor scaled_element_gradient(const Tensor& grad, const Tensor& upstream, at::ScalarType dtype,
@@ -126,9 +134,7 @@ Tensor scaled_element_gradient(const Tensor& grad, const Tensor& upstream, at::S
   if (!reuse_saved || grad.scalar_type() != dtype || !is_plain(grad) || !is_plain(upstream)) {
     return call_scale(grad, upstream, dtype);
   }
-  if (upstream.dim() == 0 && upstream.device().is_cpu() && upstream.item<double>() == 1.0) {
-    return grad;
-  }
+  if (is_unit_cpu_scalar(upstream)) return grad;
   call_scale_inplace(grad, upstream);
   return grad;
 }
@@ -145,9 +151,7 @@ Tensor extra_gradient(const Tensor& grad, const Tensor& upstream, const Tensor& 
     shape[0] = target.sym_size(0);
     g = grad.reshape_symint(shape);  // per-sample sums, one per row of the target
   }
-  const bool unit_upstream = reuse_saved && upstream.dim() == 0 && is_plain(upstream) &&
-                             upstream.device().is_cpu() && upstream.item<double>() == 1.0;
-  if (!unit_upstream) g = g * gradient_factor(g, upstream, 1.0);
+  if (!(reuse_saved && is_unit_cpu_scalar(upstream))) g = g * gradient_factor(g, upstream, 1.0);
   return at::sum_to(g, extra.sym_sizes()).to(extra.scalar_type());
 }
 

@@ -102,10 +102,7 @@ def option_codes(beta, reduction, kl_reduction, recon, free_bits) -> tuple:
     checked every call (it may be a tensor, and changes between steps)."""
     if torch.compiler.is_compiling():  # traced once: no cache in the graph
         return check_options(beta, reduction, kl_reduction, recon, free_bits).codes
-    if type(beta) is float and beta >= 0:  # the common case, checked inline
-        pass
-    else:
-        _check_beta(beta)
+    _check_beta(beta)
     key = (reduction, kl_reduction, recon, free_bits, type(free_bits))
     try:
         return _CODES_CACHE[key]
@@ -133,10 +130,15 @@ def check_options(beta=1.0, reduction="sum", kl_reduction=None, recon="bce", fre
     return LossOptions(beta, reduction, kl_reduction, recon, float(free_bits))
 
 
-def check_tensor_types(tensors: dict) -> None:
-    """Python-level types (the op's schema would reject a list with a less
-    helpful message); everything else about the tensors is checked in C++."""
-    for name, t in tensors.items():
+def check_tensor_types(tensors) -> None:
+    """Python-level types of the tensor arguments, given in schema order
+    (TENSOR_ARGS): the op's schema would reject a list with a less helpful
+    message. Everything else about the tensors is checked in C++. The common
+    case (all tensors, absent optionals None) costs two passes of isinstance."""
+    if all(isinstance(t, torch.Tensor) for t in tensors[:4]) and \
+            all(t is None or isinstance(t, torch.Tensor) for t in tensors[4:]):
+        return
+    for name, t in zip(TENSOR_ARGS, tensors):
         if not isinstance(t, torch.Tensor) and not (t is None and name not in TENSOR_ARGS[:4]):
             raise TypeError(f"vae_fused: {name} must be a torch.Tensor, got {type(t).__name__}")
 

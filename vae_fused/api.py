@@ -7,8 +7,7 @@ from typing import NamedTuple
 
 import torch
 
-from ._ops import (TENSOR_ARGS, check_options, check_tensor_types, loss_op, option_codes, strict_mode,
-                   under_functorch)
+from ._ops import check_options, check_tensor_types, loss_op, option_codes, strict_mode, under_functorch
 
 
 class VAELossTerms(NamedTuple):
@@ -39,9 +38,7 @@ def vae_loss_terms(recon_x, x, mu, logvar, *, beta=1.0, reduction="sum", kl_redu
     # per distinct set (option_codes), everything about the tensors in C++.
     codes = option_codes(beta, reduction, kl_reduction, recon, free_bits)
     tensors = (recon_x, x, mu, logvar, prior_mu, prior_logvar, recon_logvar, recon_offset, weight)
-    if not all(isinstance(t, torch.Tensor) for t in tensors[:4]) or \
-            not all(t is None or isinstance(t, torch.Tensor) for t in tensors[4:]):
-        check_tensor_types(dict(zip(TENSOR_ARGS, tensors)))  # raises, naming the argument
+    check_tensor_types(tensors)
     if under_functorch(tensors[:4]):
         raise RuntimeError(
             "vae_fused: torch.func transforms (grad, vmap, jacrev, ...) are not supported; "

@@ -123,7 +123,7 @@ def _kl_term(mu, logvar, kl_reduction: str, free_bits: float, prior_mu=None, pri
 def _checked_tensors(tensors: dict, opts):
     """The fused op's own checks (one C++ home, so both raise the same errors),
     then x and mu/logvar in the dtypes the loss is computed in."""
-    check_tensor_types(tensors)
+    check_tensor_types(tuple(tensors.values()))
     check_inputs_op(*tensors.values(), *opts.codes)
     recon_x, x, mu, logvar = (tensors[k] for k in ("recon_x", "x", "mu", "logvar"))
     if x.dtype != recon_x.dtype:

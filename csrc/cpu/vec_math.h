@@ -228,8 +228,12 @@ struct Avx2Lanes {
   static M unord(F a) { return _mm256_cmp_ps(a, a, _CMP_UNORD_Q); }
   static M mor(M a, M b) { return _mm256_or_ps(a, b); }
   static F select(M m, F a, F b) { return _mm256_blendv_ps(b, a, m); }
-  // max/min return their second operand when one is NaN: x goes second.
-  static F clamp(F x, F lo, F hi) { return _mm256_min_ps(hi, _mm256_max_ps(lo, x)); }
+  // max/min: (a > b) ? a : b and (a < b) ? a : b, so the second operand
+  // comes back when one is NaN (x86's rule).
+  static F max(F a, F b) { return _mm256_max_ps(a, b); }
+  static F min(F a, F b) { return _mm256_min_ps(a, b); }
+  // x goes second: NaN passes through.
+  static F clamp(F x, F lo, F hi) { return min(hi, max(lo, x)); }
   static F abs(F a) { return _mm256_andnot_ps(_mm256_set1_ps(-0.0f), a); }
 };
 #endif
@@ -265,9 +269,18 @@ struct Avx512Lanes {
   static M unord(F a) { return _mm512_cmp_ps_mask(a, a, _CMP_UNORD_Q); }
   static M mor(M a, M b) { return static_cast<M>(a | b); }
   static F select(M m, F a, F b) { return _mm512_mask_blend_ps(m, b, a); }
-  static F clamp(F x, F lo, F hi) { return _mm512_min_ps(hi, _mm512_max_ps(lo, x)); }
+  static F max(F a, F b) { return _mm512_max_ps(a, b); }  // as Avx2Lanes::max
+  static F min(F a, F b) { return _mm512_min_ps(a, b); }
+  static F clamp(F x, F lo, F hi) { return min(hi, max(lo, x)); }
   static F abs(F a) { return _mm512_abs_ps(a); }
 };
+#endif
+
+// The lanes of this build's Vectorized<float>, where it has an intrinsic back end.
+#if defined(CPU_CAPABILITY_AVX512)
+using NativeLanes = Avx512Lanes;
+#elif defined(CPU_CAPABILITY_AVX2)
+using NativeLanes = Avx2Lanes;
 #endif
 
 // ---------------------------------------------------------------------------

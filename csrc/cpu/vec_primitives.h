@@ -33,23 +33,14 @@ inline at::vec::Vectorized<S> vmin(const at::vec::Vectorized<S>& a,
                                    const at::vec::Vectorized<S>& b) {
   return at::vec::Vectorized<S>::blendv(a, b, b < a);
 }
-#if defined(CPU_CAPABILITY_AVX512)
+#if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
 inline at::vec::Vectorized<float> vmax(const at::vec::Vectorized<float>& a,
                                        const at::vec::Vectorized<float>& b) {
-  return _mm512_max_ps(b, a);
+  return vec_math_detail::NativeLanes::max(b, a);
 }
 inline at::vec::Vectorized<float> vmin(const at::vec::Vectorized<float>& a,
                                        const at::vec::Vectorized<float>& b) {
-  return _mm512_min_ps(b, a);
-}
-#elif defined(CPU_CAPABILITY_AVX2)
-inline at::vec::Vectorized<float> vmax(const at::vec::Vectorized<float>& a,
-                                       const at::vec::Vectorized<float>& b) {
-  return _mm256_max_ps(b, a);
-}
-inline at::vec::Vectorized<float> vmin(const at::vec::Vectorized<float>& a,
-                                       const at::vec::Vectorized<float>& b) {
-  return _mm256_min_ps(b, a);
+  return vec_math_detail::NativeLanes::min(b, a);
 }
 #endif
 template <typename S>

@@ -266,72 +266,52 @@ int term_pass(const TermPass& args) {
   constexpr int64_t kSize = BA::kSize;
   constexpr int kExtras = Rule::kExtras;
 
-  const TA* a_in = static_cast<const TA*>(args.a);
-  const TB* b_in = static_cast<const TB*>(args.b);
-  acc_t* grad_a_in = static_cast<acc_t*>(args.grad_a);
-  acc_t* grad_b_in = static_cast<acc_t*>(args.grad_b);
-  acc_t* values_in = static_cast<acc_t*>(args.values);
-  const int64_t cols_in = args.cols;
-  const int64_t per_row_in = chunks_per_row(cols_in);
-  const int64_t tasks = args.rows * per_row_in;
-  const Vec scale_in(static_cast<acc_t>(args.grad_scale));
-  const double grad_scale_in = args.grad_scale;
-  const bool scaled_in = args.grad_scale != 1.0;
-  const bool binary_path_allowed_in = Rule::kHasBinaryTargetPath && grad_b_in == nullptr;
+  const int64_t tasks = args.rows * chunks_per_row(args.cols);
   std::atomic<int> range_bits{0};
 
   // Aim for ~32K elements per thread slice so tiny losses stay on the
   // calling thread; this only groups tasks and never changes a result.
-  const int64_t task_size = std::max<int64_t>(1, std::min(cols_in, kChunk));
+  const int64_t task_size = std::max<int64_t>(1, std::min(args.cols, kChunk));
   const int64_t grain = std::max<int64_t>(1, 32768 / task_size);
 
-  // The extras, read out of `args` once: inside the loop every store through
-  // a gradient pointer could alias `args`, and the compiler would reload it.
   struct ExtraSlot {
     const acc_t* data = nullptr;   // present and read per element (else hoisted)
     Operand operand;
     acc_t* grad = nullptr;         // per-element gradient out
     double* partials = nullptr;    // per-task sums of the gradient out
   };
-  ExtraSlot slots_in[kMaxExtras];
-  bool any_per_element_in = false, any_extra_grad_in = false;
-  for (int k = 0; k < kExtras; ++k) {
-    slots_in[k].operand = args.extra[k];
-    if (args.extra[k].present() && !args.extra[k].per_sample_constant()) {
-      slots_in[k].data = static_cast<const acc_t*>(args.extra[k].data);
-      any_per_element_in = true;
-    }
-    slots_in[k].grad = static_cast<acc_t*>(args.extra_grad[k]);
-    slots_in[k].partials = args.extra_partials[k];
-    any_extra_grad_in = any_extra_grad_in || slots_in[k].grad != nullptr || slots_in[k].partials != nullptr;
-  }
-  double* const partials_in = args.partials;
-  const double* const row_grad_factor_in = args.row_grad_factor;
-  const acc_t likelihood_half_in = static_cast<acc_t>(args.likelihood_half);
 
   at::parallel_for(0, tasks, grain, [&](int64_t begin, int64_t end) {
-    // Local copies of everything the loop reads: the vector stores below go
-    // through may_alias types, so a value read through the closure (or
-    // `args`) would be reloaded after every store, and the accumulators
-    // spilled (measured: L1 forward 1.7x the time of a subtract).
-    const TA* const a = a_in;
-    const TB* const b = b_in;
-    acc_t* const grad_a = grad_a_in;
-    acc_t* const grad_b = grad_b_in;
-    acc_t* const values = values_in;
-    const int64_t cols = cols_in;
-    const int64_t per_row = per_row_in;
-    const Vec scale = scale_in;
-    const bool scaled = scaled_in;
-    const bool binary_path_allowed = binary_path_allowed_in;
-    const bool any_per_element = any_per_element_in;
-    const bool any_extra_grad = any_extra_grad_in;
-    double* const partials = partials_in;
-    const double* const row_grad_factor = row_grad_factor_in;
-    const acc_t likelihood_half = likelihood_half_in;
-    const double grad_scale = grad_scale_in;
+    // Everything the loop reads is read out of `args` once, into locals: the
+    // vector stores below go through may_alias types, so a value read through
+    // `args` (or the closure) would be reloaded after every store, and the
+    // accumulators spilled.
+    const TA* const a = static_cast<const TA*>(args.a);
+    const TB* const b = static_cast<const TB*>(args.b);
+    acc_t* const grad_a = static_cast<acc_t*>(args.grad_a);
+    acc_t* const grad_b = static_cast<acc_t*>(args.grad_b);
+    acc_t* const values = static_cast<acc_t*>(args.values);
+    const int64_t cols = args.cols;
+    const int64_t per_row = chunks_per_row(cols);
+    const double grad_scale = args.grad_scale;
+    const Vec scale(static_cast<acc_t>(grad_scale));
+    const bool scaled = grad_scale != 1.0;
+    const bool binary_path_allowed = Rule::kHasBinaryTargetPath && grad_b == nullptr;
+    double* const partials = args.partials;
+    const double* const row_grad_factor = args.row_grad_factor;
+    const acc_t likelihood_half = static_cast<acc_t>(args.likelihood_half);
     ExtraSlot slots[kMaxExtras];
-    std::copy(slots_in, slots_in + kMaxExtras, slots);
+    bool any_per_element = false, any_extra_grad = false;
+    for (int k = 0; k < kExtras; ++k) {
+      slots[k].operand = args.extra[k];
+      if (args.extra[k].present() && !args.extra[k].per_sample_constant()) {
+        slots[k].data = static_cast<const acc_t*>(args.extra[k].data);
+        any_per_element = true;
+      }
+      slots[k].grad = static_cast<acc_t*>(args.extra_grad[k]);
+      slots[k].partials = args.extra_partials[k];
+      any_extra_grad = any_extra_grad || slots[k].grad != nullptr || slots[k].partials != nullptr;
+    }
     for (int64_t task = begin; task < end; ++task) {
       const int64_t row = task / per_row;
       const int64_t col_begin = (task % per_row) * kChunk;
