@@ -107,30 +107,44 @@ VAE_FUSED_HD V log1m(V p) {
   return vlog_unit_interval(u) + ((one - u) - p) * (V(2) - u);
 }
 
-// BCE exactly as F.binary_cross_entropy, logs clamped at -100.
+// BCE exactly as F.binary_cross_entropy, logs clamped at -100, from the
+// unclamped log p and log(1 - p).
 template <typename V>
-VAE_FUSED_HD void bce_value_and_grad(V p, V t, V& loss, V& d_input, V& d_target) {
+VAE_FUSED_HD void bce_from_logs(V p, V t, V log_p_raw, V log_1mp_raw, V& loss, V& d_input,
+                                V& d_target) {
   const V one(1);
-  const V log_p = vmax(vlog_unit_interval(p), V(kLogClamp));
-  const V log_1mp = vmax(log1m(p), V(kLogClamp));
+  const V log_p = vmax(log_p_raw, V(kLogClamp));
+  const V log_1mp = vmax(log_1mp_raw, V(kLogClamp));
   loss = (t - one) * log_1mp - t * log_p;
   d_input = vdiv(p - t, vmax((one - p) * p, V(kBceGradEps)));
   d_target = log_1mp - log_p;
+}
+template <typename V>
+VAE_FUSED_HD void bce_value_and_grad(V p, V t, V& loss, V& d_input, V& d_target) {
+  bce_from_logs(p, t, vlog_unit_interval(p), log1m(p), loss, d_input, d_target);
 }
 
 // BCE on logits z, as F.binary_cross_entropy_with_logits:
 //   max(z, 0) - z t + log1p(exp(-|z|)),  d/dz = sigmoid(z) - t,  d/dt = -z,
 // evaluated in PyTorch's arrangement (1 - t) z - log_sigmoid(z) so that the
 // infinite logits give PyTorch's values too (NaN where it has 0 * inf).
-// exp(-|z|) <= 1 never overflows, and sigmoid is formed from the same exp.
+// e = exp(-|z|) <= 1 never overflows. u = 1 + e in [1, 2] is shared by both
+// halves: log1p(e) = log(u) + (e - (u - 1)) / u, u's rounding error (exact,
+// below half an ulp of u) put back to first order -- one table log, no
+// log1p -- and 1/u (a reciprocal and a Newton step, no division) is sigmoid.
 template <typename V>
 VAE_FUSED_HD void bce_logits_value_and_grad(V z, V t, V& loss, V& d_input, V& d_target) {
   const V zero(0), one(1);
   const V e = vexp(zero - vabs(z));
-  loss = (one - t) * z - vmin(z, zero) + vlog1p(e);
-  const V inv = one / (one + e);
-  // z >= 0: 1/(1+e); z < 0: e/(1+e).
-  d_input = vselect(vless(z, zero), e * inv, inv) - t;
+  const V u = one + e;
+  const V inv = vdiv(one, u);
+  const V log1p_e = vlog_one_to_two(u) + (e - (u - one)) * inv;
+  loss = (one - t) * z - vmin(z, zero) + log1p_e;
+  // sigmoid(z) - t: z < 0: e/(1+e) - t; z >= 0: (1 - t) - e/(1+e), which
+  // keeps e/(1+e)'s relative accuracy where sigmoid(z) - t cancels (t = 1,
+  // large z) instead of rounding 1/(1+e) to 1 first.
+  const V e_inv = e * inv;
+  d_input = vselect(vless(z, zero), e_inv - t, (one - t) - e_inv);
   d_target = zero - z;
 }
 
@@ -154,15 +168,16 @@ VAE_FUSED_HD void l1_value_and_grad(V p, V t, V& loss, V& d_input, V& d_target) 
 }
 
 // Continuous Bernoulli (Loaiza-Ganem & Cunningham 2019): BCE(p, t) - log C(p)
-// with C(p) = 2 atanh(x) / x, x = 1 - 2p (exact in floating point for p near
-// 1/2, where it matters). atanh(x)/x is evaluated as
-// (log1p(x) - log1p(-x)) / (2x), which is accurate to a few ulps except at
-// x = 0, but d/dx log C = 1/((1-x^2) atanh x) - 1/x cancels catastrophically
-// as x -> 0. Inside |x| < window both come from the series
+// with C(p) = 2 atanh(x) / x, x = 1 - 2p. 2 atanh(x) = log((1 + x)/(1 - x))
+// = log(1 - p) - log(p): BCE's own two logs, taken on p itself (x rounds
+// near p = 0, where atanh is steep), so log C costs one more log and no
+// log1p. That form cancels as x -> 0, and d/dx log C = 1/((1-x^2) atanh x) -
+// 1/x cancels catastrophically there; inside |x| < window both come from
+// the series
 //   log(atanh(x)/x) = sum_k c_k x^(2k),
 // (eight terms), whose truncation error at the window edge is about the
 // cancellation error just outside it (window 0.4 in float: both ~5e-7
-// relative; 0.1 in double: ~3e-14).
+// relative; 0.1 in double: ~3e-14). At p = 0 and 1, C is infinite.
 template <typename S> struct CbceWindow;
 template <> struct CbceWindow<float> { static constexpr double value = 0.4; };
 template <> struct CbceWindow<double> { static constexpr double value = 0.1; };

@@ -1,5 +1,6 @@
 // _math_probe(Tensor x, str fn, str isa) -> Tensor: a test-only op that runs
-// the fast float32 math of csrc/cpu/vec_math.h (fn: "log", "log1p", "exp", "log_unit_interval") as
+// the fast float32 math of csrc/cpu/vec_math.h (fn: "log", "log1p", "exp",
+// "log_unit_interval", "log_one_to_two") as
 // built for one instruction set (isa: "DEFAULT", "AVX2", "AVX512") over a
 // contiguous float32 CPU tensor, so tests/test_vec_math.py can check the
 // accuracy of every build the machine can run.
@@ -23,7 +24,8 @@ at::Tensor math_probe_cpu(const at::Tensor& x, c10::string_view fn_name, c10::st
   if (fn_str == "log1p") fn = kProbeLog1p;
   if (fn_str == "exp") fn = kProbeExp;
   if (fn_str == "log_unit_interval") fn = kProbeLogUnitInterval;
-  TORCH_CHECK(fn >= 0, "_math_probe: fn must be one of log, log1p, exp, log_unit_interval; got '", fn_str, "'");
+  if (fn_str == "log_one_to_two") fn = kProbeLogOneToTwo;
+  TORCH_CHECK(fn >= 0, "_math_probe: fn must be one of log, log1p, exp, log_unit_interval, log_one_to_two; got '", fn_str, "'");
   TORCH_CHECK(isa == "DEFAULT" || isa == "AVX2" || isa == "AVX512",
               "_math_probe: isa must be one of DEFAULT, AVX2, AVX512; got '", isa, "'");
   TORCH_CHECK(x.device().is_cpu(), "_math_probe: x must be a CPU tensor");

@@ -4,9 +4,11 @@
 //
 //   at::vec::Vectorized<float> fast_log(const at::vec::Vectorized<float>& x);
 //   at::vec::Vectorized<float> fast_log_unit_interval(const at::vec::Vectorized<float>& x);
+//   at::vec::Vectorized<float> fast_log_one_to_two(const at::vec::Vectorized<float>& x);
 //   at::vec::Vectorized<float> fast_log1p(const at::vec::Vectorized<float>& x);
 //   at::vec::Vectorized<float> fast_exp(const at::vec::Vectorized<float>& x);
-//   float fast_log(float), fast_log1p(float), fast_exp(float)  (the same
+//   float fast_log(float), fast_log1p(float), fast_exp(float),
+//   fast_log_one_to_two(float)  (the same
 //   algorithm on one lane, for scalar tails)
 //
 // Accuracy, float32 result against the float64 function, in ulps of the
@@ -20,10 +22,10 @@
 //   fast_log    [2^-149, 2]            1.23 ulp          1.23 ulp
 //   fast_log1p  (-1, 2^24]             0.90 ulp          1.04 ulp
 //   fast_exp    [-104, 89]             1.01 ulp          1.01 ulp
-//   log1p(exp(-|z|)) as BCE-with-logits uses it, every 16th float z in
-//   [0, 110]:                          1.57 ulp          1.57 ulp
 // (fast_log above 2 only adds k ln 2 to the same reduction; its error there
-// is smaller. fast_log_unit_interval is fast_log on [0, 1].)
+// is smaller. fast_log_unit_interval is fast_log on [0, 1]; fast_log_one_to_two
+// is the table alone, for x in [1, 2] -- BCE-with-logits' log(1 + e^-|z|),
+// whose accuracy as a whole tests/test_precision.py checks through the op.)
 //
 // The AVX2 and AVX-512 builds are bit-identical (same operations, same
 // order; a test checks it). DEFAULT uses std::fma where the compiler has a
@@ -34,6 +36,7 @@
 //          inputs exact-reduced (scaled by 2^23 first).
 //   log_unit_interval: the same on (0, 1]; +-0 -> -150 ln 2 = -103.97 in the
 //          vector builds (BCE clamps at -100 either way), no other specials.
+//   log_one_to_two: defined on [1, 2] only (no specials).
 //   log1p: -1 -> -inf; x < -1 -> NaN; NaN -> NaN; +inf -> +inf; +-0 -> +-0;
 //          |x| < 2^-24 -> x.
 //   exp:   x > 88.72 -> +inf (as rounding gives it); results below 2^-126 are
@@ -370,6 +373,14 @@ inline typename O::F log_impl(typename O::F x) {
   return O::select(special, special_value, r);
 }
 
+// log of x in [1, 2] (positive normal): the table alone, no special values
+// and no denormal branch. BCE-with-logits' log(1 + e^-|z|). Near 1 the table's
+// interval has c = 1, so the result keeps its relative accuracy as x -> 1.
+template <class O>
+inline typename O::F log_one_to_two_impl(typename O::F x) {
+  return log_by_table<O, false>(x, O::set(0.0f));
+}
+
 template <class O>
 inline typename O::F log1p_impl(typename O::F x) {
   using F = typename O::F;
@@ -455,6 +466,9 @@ inline at::vec::Vectorized<float> per_lane(const at::vec::Vectorized<float>& a) 
 // Scalar entry points (one lane of the same algorithm).
 inline float fast_log(float x) { return vec_math_detail::log_impl<vec_math_detail::ScalarLanes>(x); }
 inline float fast_log1p(float x) { return vec_math_detail::log1p_impl<vec_math_detail::ScalarLanes>(x); }
+inline float fast_log_one_to_two(float x) {
+  return vec_math_detail::log_one_to_two_impl<vec_math_detail::ScalarLanes>(x);
+}
 inline float fast_exp(float x) { return vec_math_detail::exp_impl<vec_math_detail::ScalarLanes>(x); }
 
 // Vector entry points.
@@ -467,6 +481,9 @@ inline at::vec::Vectorized<float> fast_log_unit_interval(const at::vec::Vectoriz
 }
 inline at::vec::Vectorized<float> fast_log1p(const at::vec::Vectorized<float>& x) {
   return vec_math_detail::log1p_impl<vec_math_detail::Avx512Lanes>(x);
+}
+inline at::vec::Vectorized<float> fast_log_one_to_two(const at::vec::Vectorized<float>& x) {
+  return vec_math_detail::log_one_to_two_impl<vec_math_detail::Avx512Lanes>(x);
 }
 inline at::vec::Vectorized<float> fast_exp(const at::vec::Vectorized<float>& x) {
   return vec_math_detail::exp_impl<vec_math_detail::Avx512Lanes>(x);
@@ -481,6 +498,9 @@ inline at::vec::Vectorized<float> fast_log_unit_interval(const at::vec::Vectoriz
 inline at::vec::Vectorized<float> fast_log1p(const at::vec::Vectorized<float>& x) {
   return vec_math_detail::log1p_impl<vec_math_detail::Avx2Lanes>(x);
 }
+inline at::vec::Vectorized<float> fast_log_one_to_two(const at::vec::Vectorized<float>& x) {
+  return vec_math_detail::log_one_to_two_impl<vec_math_detail::Avx2Lanes>(x);
+}
 inline at::vec::Vectorized<float> fast_exp(const at::vec::Vectorized<float>& x) {
   return vec_math_detail::exp_impl<vec_math_detail::Avx2Lanes>(x);
 }
@@ -493,6 +513,9 @@ inline at::vec::Vectorized<float> fast_log_unit_interval(const at::vec::Vectoriz
 }
 inline at::vec::Vectorized<float> fast_log1p(const at::vec::Vectorized<float>& x) {
   return vec_math_detail::per_lane<static_cast<float (*)(float)>(&fast_log1p)>(x);
+}
+inline at::vec::Vectorized<float> fast_log_one_to_two(const at::vec::Vectorized<float>& x) {
+  return vec_math_detail::per_lane<static_cast<float (*)(float)>(&fast_log_one_to_two)>(x);
 }
 inline at::vec::Vectorized<float> fast_exp(const at::vec::Vectorized<float>& x) {
   return vec_math_detail::per_lane<static_cast<float (*)(float)>(&fast_exp)>(x);

@@ -27,6 +27,8 @@ Vec apply(const Vec& x) {
     return vae_fused::fast_log(x);
   } else if constexpr (kFn == kProbeLogUnitInterval) {
     return vae_fused::fast_log_unit_interval(x);
+  } else if constexpr (kFn == kProbeLogOneToTwo) {
+    return vae_fused::fast_log_one_to_two(x);
   } else if constexpr (kFn == kProbeLog1p) {
     return vae_fused::fast_log1p(x);
   } else {
@@ -60,6 +62,7 @@ void math_probe(int fn, const float* in, float* out, int64_t n) {
     case kProbeLog1p: run<kProbeLog1p>(in, out, n); break;
     case kProbeExp: run<kProbeExp>(in, out, n); break;
     case kProbeLogUnitInterval: run<kProbeLogUnitInterval>(in, out, n); break;
+    case kProbeLogOneToTwo: run<kProbeLogOneToTwo>(in, out, n); break;
     default: break;  // the op checks fn before calling
   }
 }
