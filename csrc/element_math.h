@@ -56,6 +56,10 @@ VAE_FUSED_HD double vlog(double a) { return ::log(a); }
 // whose value is never used. Scalars: the plain log.
 template <typename S>
 VAE_FUSED_HD S vlog_unit_interval(S a) { return vlog(a); }
+// log of an argument in [1, 2] (BCE-with-logits' log(1 + e^-|z|)). Scalars:
+// the plain log.
+template <typename S>
+VAE_FUSED_HD S vlog_one_to_two(S a) { return vlog(a); }
 VAE_FUSED_HD float vlog1p(float a) { return ::log1pf(a); }
 VAE_FUSED_HD double vlog1p(double a) { return ::log1p(a); }
 VAE_FUSED_HD float vexp(float a) { return ::expf(a); }
@@ -193,10 +197,11 @@ constexpr double kLogAtanhC6 = 147636491.0 / 3831077250.0;
 constexpr double kLogAtanhC7 = 61425277.0 / 1915538625.0;
 constexpr double kLogAtanhC8 = 9718892317.0 / 355245345000.0;
 
-// log C(p) and its derivative in p. `window` is CbceWindow<scalar>::value.
-template <typename V>
-VAE_FUSED_HD void cb_log_norm_value_and_grad(V p, double window, V& log_c, V& d_log_c) {
-  const V one(1), two(2);
+// log C(p) and its derivative in p, given log p and log(1 - p) unclamped
+// (values below -100 may stand for log 0); S is the lanes' scalar type.
+template <typename S, typename V>
+VAE_FUSED_HD void cb_log_norm_value_and_grad(V p, V log_p, V log_1mp, V& log_c, V& d_log_c) {
+  const V zero(0), one(1), two(2);
   const V x = one - two * p;
   const V y = x * x;
   // Series sum_k c_k y^k and its x-derivative sum_k 2k c_k x^(2k-1), by Horner.
@@ -208,24 +213,34 @@ VAE_FUSED_HD void cb_log_norm_value_and_grad(V p, double window, V& log_c, V& d_
                 V(4 * kLogAtanhC2)) * y + V(2 * kLogAtanhC1);
   series = series * y;
   d_series = d_series * x;
-  // Direct form (used outside the window; its NaN at x = 0 is never selected).
-  const V two_atanh = vlog1p(x) - vlog1p(V(0) - x);
-  const V log_ratio = vlog(two_atanh / (two * x));
-  // 1 - x^2 = 4 p (1 - p), formed from p: no cancellation as p -> 0 or 1.
-  const V d_direct = two / (V(4) * p * (one - p) * two_atanh) - one / x;
-  const auto inside = vless(vabs(x), V(window));
-  const V log_ratio_sel = vselect(inside, series, log_ratio);
-  const V d_sel = vselect(inside, d_series, d_direct);
+  // Direct form, for 0 < p < 1 outside the window (its values inside, and at
+  // p = 0 or 1, are never selected). 1 - x^2 = 4 p (1 - p), formed from p.
+  // For denormal p the derivative exceeds the type's range: p (1 - p) is
+  // held at the smallest normal (as BCE holds it at 1e-12), so the divisor
+  // stays normal and the derivative finite (a reciprocal of a denormal is
+  // inf, and its Newton step NaN).
+  const V two_atanh = log_1mp - log_p;
+  const V log_ratio = vlog(vdiv(two_atanh, two * x));
+  const V divisor = V(4) * vmax(p * (one - p), V(std::numeric_limits<S>::min())) * two_atanh;
+  const V d_direct = vdiv(two, divisor) - vdiv(one, x);
+  const auto inside = vless(vabs(x), V(CbceWindow<S>::value));
+  // p = 0 or 1: log C = +inf, its derivative NaN (as the closed form gives).
+  const auto interior = vless(zero, p * (one - p));
+  const V log_ratio_sel =
+      vselect(inside, series, vselect(interior, log_ratio, V(std::numeric_limits<double>::infinity())));
+  const V d_sel = vselect(inside, d_series,
+                          vselect(interior, d_direct, V(std::numeric_limits<double>::quiet_NaN())));
   log_c = V(0.69314718055994530942) + log_ratio_sel;  // log 2 + log(atanh(x)/x)
   d_log_c = V(0) - two * d_sel;                        // dx/dp = -2
 }
 
-template <typename V>
-VAE_FUSED_HD void cbce_value_and_grad(V p, V t, V& loss, V& d_input, V& d_target,
-                                      double window) {
-  bce_value_and_grad(p, t, loss, d_input, d_target);
+template <typename S, typename V>
+VAE_FUSED_HD void cbce_value_and_grad(V p, V t, V& loss, V& d_input, V& d_target) {
+  const V log_p = vlog_unit_interval(p);
+  const V log_1mp = log1m(p);
+  bce_from_logs(p, t, log_p, log_1mp, loss, d_input, d_target);
   V log_c, d_log_c;
-  cb_log_norm_value_and_grad(p, window, log_c, d_log_c);
+  cb_log_norm_value_and_grad<S>(p, log_p, log_1mp, log_c, d_log_c);
   loss = loss - log_c;
   d_input = d_input - d_log_c;
 }
@@ -244,7 +259,7 @@ VAE_FUSED_HD void recon_value_and_grad(V p, V t, V& loss, V& d_input, V& d_targe
     l1_value_and_grad(p, t, loss, d_input, d_target);
   } else {
     static_assert(kMode == kCbce, "unknown recon mode");
-    cbce_value_and_grad(p, t, loss, d_input, d_target, CbceWindow<S>::value);
+    cbce_value_and_grad<S>(p, t, loss, d_input, d_target);
   }
 }
 

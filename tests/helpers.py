@@ -108,27 +108,38 @@ def examples_loss(recon_x, x, mu, logvar):
     return BCE + KLD
 
 
+def _two_atanh_scalar(p: float) -> float:
+    """2 atanh(1 - 2p) in float64 to a few ulps for every p in (0, 1): atanh
+    of x = 1 - 2p near 1/2 (x exact there), log(1 - p) - log(p) (= log((1+x)/(1-x))
+    on p itself, which stays finite for tiny p where x rounds to 1) elsewhere."""
+    x = 1.0 - 2.0 * p
+    if abs(x) < 0.5:
+        return 2.0 * math.atanh(x)
+    return math.log1p(-p) - math.log(p)
+
+
 def cb_log_norm_scalar(p: float) -> float:
     """log C(p) of the continuous Bernoulli for one float64 p, with Python's
-    math: C(p) = 2 atanh(1-2p)/(1-2p), C(1/2) = 2. The value is accurate to a
-    few 1e-16 absolute everywhere (atanh(x)/x is well conditioned; only its
-    derivative cancels near 1/2)."""
+    math: C(p) = 2 atanh(1-2p)/(1-2p), C(1/2) = 2, C(0) = C(1) = inf. The
+    value is accurate to a few 1e-16 absolute everywhere (atanh(x)/x is well
+    conditioned; only its derivative cancels near 1/2)."""
     x = 1.0 - 2.0 * p
     if x == 0.0:
         return math.log(2.0)
-    if x in (1.0, -1.0):
+    if p in (0.0, 1.0):
         return math.inf
-    return math.log(2.0 * math.atanh(x) / x)
+    return math.log(_two_atanh_scalar(p) / x)
 
 
 def cb_log_norm_grad_scalar(p: float) -> float:
-    """d/dp log C(p), float64: the closed form away from 1/2, the Taylor
-    series of log(atanh(x)/x) = x^2/3 + 13 x^4/90 + 251 x^6/2835 + ... close to it."""
+    """d/dp log C(p), float64: the closed form away from 1/2 (1 - x^2 formed
+    as 4 p (1 - p)), the Taylor series of log(atanh(x)/x) = x^2/3 + 13 x^4/90
+    + 251 x^6/2835 + ... close to it."""
     x = 1.0 - 2.0 * p
     if abs(x) < 2e-3:
         dlog_dx = 2 * x / 3 + 4 * 13 * x ** 3 / 90 + 6 * 251 * x ** 5 / 2835
     else:
-        dlog_dx = 1.0 / ((1.0 - x * x) * math.atanh(x)) - 1.0 / x
+        dlog_dx = 2.0 / (4.0 * p * (1.0 - p) * _two_atanh_scalar(p)) - 1.0 / x
     return -2.0 * dlog_dx
 
 

@@ -9,7 +9,8 @@ import torch.nn.functional as F
 
 import vae_fused
 from .helpers import (DEVICE_PARAMS, GRAD_TOL, REDUCTIONS, TOL, cb_log_norm_grad_scalar, cb_log_norm_scalar,
-                      check_low_precision, grads, make_inputs, oracle_loss, oracle_terms, reduce_as, zero_latents)
+                      check_low_precision, grads, make_inputs, oracle_loss, oracle_terms, reduce_as, use_kernel_build,
+                      zero_latents)
 
 
 def _kl_sum(mu, logvar):
@@ -151,6 +152,48 @@ def test_cbce_closed_form(device, dtype, target):
     else:
         torch.testing.assert_close(got.double().cpu(), e_val, rtol=2e-6, atol=2e-6)
         torch.testing.assert_close(g.double().view(-1).cpu(), e_grad, rtol=2e-5, atol=2e-5)
+
+
+# close to 0 and 1, where 1 - 2p rounds (from p < 2^-25 it is 1 and atanh(x)
+# infinite): the op takes 2 atanh(1 - 2p) = log(1 - p) - log(p) on p itself
+NEAR_ENDS = [2e-38, 1e-30, 1e-12, 1e-9, 3e-8, 1e-6, 1e-4, 0.01, 0.2, 0.8, 0.99, 1 - 1e-4, 1 - 1e-6,
+             1 - 2.0 ** -24]
+
+
+@pytest.mark.parametrize("cap", ["default", "avx2", "avx512"])
+@pytest.mark.parametrize("target", [0.0, 0.4, 1.0])
+def test_cbce_accurate_near_zero_and_one(monkeypatch, cap, target):
+    use_kernel_build(monkeypatch, cap)
+    p = torch.tensor(NEAR_ENDS, dtype=torch.float32).view(-1, 1).requires_grad_()
+    t = torch.full_like(p, target)
+    mu, logvar = zero_latents(len(NEAR_ENDS), torch.float32)
+    got = vae_fused.vae_loss(p, t, mu, logvar, reduction="none", recon="cbce")
+    (g,) = torch.autograd.grad(got.sum(), [p])
+    expected = [_cbce_expected(v, target) for v in p.detach().double().view(-1).tolist()]
+    e_val = torch.tensor([e[0] for e in expected], dtype=torch.float64)
+    e_grad = torch.tensor([e[1] for e in expected], dtype=torch.float64)
+    # relative to the size of the terms summed (BCE up to 100, log C up to ~4.5)
+    torch.testing.assert_close(got.double(), e_val, rtol=1e-6, atol=4e-6)
+    torch.testing.assert_close(g.double().view(-1), e_grad, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("cap", ["default", "avx2", "avx512"])
+def test_cbce_at_the_ends_and_below_the_normal_range(monkeypatch, cap):
+    use_kernel_build(monkeypatch, cap)
+    # p = 0 or 1: C is infinite, the loss -inf and the p-derivative NaN (as the
+    # closed form); denormal p: a finite loss and a finite (saturated) derivative
+    p = torch.tensor([0.0, 1.0, 2.0 ** -149, 1e-40, 2.0 ** -126], dtype=torch.float32).view(-1, 1)
+    p.requires_grad_()
+    t = torch.full_like(p, 0.3)
+    mu, logvar = zero_latents(5, torch.float32)
+    got = vae_fused.vae_loss(p, t, mu, logvar, reduction="none", recon="cbce")
+    (g,) = torch.autograd.grad(got.sum(), [p])
+    assert got[:2].tolist() == [-math.inf, -math.inf]
+    assert torch.isnan(g[:2]).all()
+    assert torch.isfinite(got[2:]).all() and torch.isfinite(g[2:]).all() and (g[2:] > 1e35).all()
+    expected = torch.tensor([_cbce_expected(v, 0.3)[0] for v in p[2:].detach().double().view(-1).tolist()],
+                            dtype=torch.float64)
+    torch.testing.assert_close(got[2:].double(), expected, rtol=1e-6, atol=0)
 
 
 def test_cbce_at_exactly_one_half_is_zero():

@@ -21,14 +21,17 @@ _LOG_ATANH_SERIES = (1 / 3, 13 / 90, 251 / 2835, 3551 / 56700, 22417 / 467775,
 
 
 def cb_log_norm(p: torch.Tensor) -> torch.Tensor:
-    """log C(p) of the continuous Bernoulli, C(p) = 2 atanh(1-2p)/(1-2p), C(1/2) = 2."""
+    """log C(p) of the continuous Bernoulli, C(p) = 2 atanh(1-2p)/(1-2p), C(1/2) = 2,
+    C(0) = C(1) = inf. Away from 1/2, 2 atanh(1-2p) = log(1-p) - log(p), taken on p
+    itself: finite for tiny p, where 1 - 2p rounds to 1."""
     x = 1 - 2 * p
     window = 0.1 if p.dtype == torch.float64 else 0.4
+    inside = x.abs() < window
     y = x * x
     series = sum(c * y ** (k + 1) for k, c in enumerate(_LOG_ATANH_SERIES))
-    safe_x = torch.where(x.abs() < window, torch.ones_like(x), x)
-    closed = torch.log(torch.atanh(safe_x) / safe_x)
-    return math.log(2) + torch.where(x.abs() < window, series, closed)
+    safe_p = torch.where(inside, torch.full_like(p, 0.25), p)  # no 0/0 in the branch not taken
+    closed = torch.log((torch.log1p(-safe_p) - torch.log(safe_p)) / (2 * (1 - 2 * safe_p)))
+    return math.log(2) + torch.where(inside, series, closed)
 
 
 def _compute_dtype(t: torch.Tensor) -> torch.dtype:
