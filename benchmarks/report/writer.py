@@ -33,7 +33,7 @@ def stdout_report(rows, env) -> str:
         parts += [tables.DISAGREE_TEXT, text_table(tables.DISAGREE_HEAD, tables.disagreements(res)), ""]
     target_lines = tables.targets_lines(res)
     if target_lines:
-        parts += ["Targets (CPU, float32, BCE):"] + ["  " + line for line in target_lines] + [""]
+        parts += ["Targets (CPU, float32, BCE: issue 11's \"Done when\"):"] + ["  " + line for line in target_lines] + [""]
     if sections.host_body(res):
         parts += [f"Host overhead — {sections.HOST_NOTE}",
                   text_table(sections.HOST_HEAD, sections.host_body(res)), ""]
@@ -92,7 +92,7 @@ def markdown(rows, profiles, env, command, elapsed, plot_names) -> str:
                   md_table(tables.DISAGREE_HEAD, tables.disagreements(res)), ""]
     target_lines = tables.targets_lines(res)
     if target_lines:
-        lines += ["## Targets (CPU, float32, BCE, forward+backward unless noted)", "", "```",
+        lines += ["## Targets (CPU, float32, BCE: issue 11's \"Done when\")", "", "```",
                   *target_lines, "```", ""]
     lines += breakdown_section(res, env, profiles)
     if sections.host_body(res):
