@@ -74,16 +74,19 @@ void add_extra(TermPlan& plan, int slot, int index, const std::optional<at::Tens
   if (!t.has_value()) return;
   lay_out(extra, *t, target);
   if ((grad_mask >> index) & 1) {
-    extra.grad = extra_grad_per_sample(*t, target, prior, free_bits) ? ExtraGrad::kPerSample
-                                                                      : ExtraGrad::kPerElement;
+    extra.grad = extra_grad_kind(*t, target, prior, free_bits, plan.reduction);
   }
 }
 
 }  // namespace
 
-bool extra_grad_per_sample(const at::Tensor& extra, const at::Tensor& target, bool prior,
-                           double free_bits) {
-  return constant_along_sample(extra, target) && !(prior && free_bits > 0.0);
+ExtraGrad extra_grad_kind(const at::Tensor& extra, const at::Tensor& target, bool prior,
+                          double free_bits, int64_t reduction) {
+  if (prior && free_bits > 0.0) return ExtraGrad::kPerElement;
+  if (constant_along_sample(extra, target)) return ExtraGrad::kPerSample;
+  const bool same_for_every_sample = padded_shape(extra, target.dim())[0] == 1;
+  return same_for_every_sample && reduction != kNone ? ExtraGrad::kPerFeature
+                                                     : ExtraGrad::kPerElement;
 }
 
 bool dense_same_layout(const at::Tensor& a, const at::Tensor& b) {

@@ -21,8 +21,11 @@ enum InputIndex : int {
 };
 
 // The gradient of a broadcast extra: reduced per sample inside the pass (the
-// extra is constant along each sample), stored per element, or not wanted.
-enum class ExtraGrad { kNone, kPerSample, kPerElement };
+// extra is constant along each sample); summed over the samples (the extra
+// is the same for every sample but varies along it -- a learned (1, L) prior,
+// a per-channel offset -- and the term's upstream gradient is one number),
+// shape (1, ...) like the target's sample; stored per element; or not wanted.
+enum class ExtraGrad { kNone, kPerSample, kPerFeature, kPerElement };
 
 struct ExtraPlan {
   int index = -1;        // InputIndex
@@ -63,11 +66,14 @@ ForwardPlan plan_forward(const LossInputs& in, const LossOptions& opts, int64_t 
 // Whether a and b can be read as laid out, row r at [r * cols, (r + 1) * cols).
 bool dense_same_layout(const at::Tensor& a, const at::Tensor& b);
 
-// Whether an extra's gradient comes back as per-sample sums, shape (B,):
-// constant along each sample (0-d, (B, 1, ..., 1), (1, ..., 1)) -- except
-// the priors under free bits, whose floor acts per latent unit.
-bool extra_grad_per_sample(const at::Tensor& extra, const at::Tensor& target, bool prior,
-                           double free_bits);
+// How an extra's gradient comes back: per-sample sums, shape (B,), when it
+// is constant along each sample (0-d, (B, 1, ..., 1), (1, ..., 1)); sums over
+// the samples, shape (1, ...), when it is the same for every sample and the
+// term's reduction is not "none"; else per element -- and always per element
+// for the priors under free bits, whose floor acts per latent unit. (Python
+// twin: _extra_grad_kind in vae_fused/_ops.py, for the fake kernel.)
+ExtraGrad extra_grad_kind(const at::Tensor& extra, const at::Tensor& target, bool prior,
+                          double free_bits, int64_t reduction);
 
 // upstream * scale shaped to multiply `grad` (one factor, or one per sample),
 // in float32 (float64 for double) and with as many dims as grad, so that a

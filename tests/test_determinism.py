@@ -65,6 +65,42 @@ def test_bit_identical_with_free_bits_and_threads(restore_threads):
             assert torch.equal(a, b)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_shared_extras_summed_in_the_pass_are_bit_identical_and_right(restore_threads, dtype):
+    # a learned (1, L) prior and a per-channel offset / log-scale: their gradients
+    # are summed over the samples inside the pass, each column chunk down the rows
+    # in order -- L = 5000 (three chunks, a tail), an odd batch, 1-3 threads
+    g = torch.Generator().manual_seed(9)
+    B, L = 7, 5000
+    mu, logvar = torch.randn(B, L, generator=g, dtype=dtype), torch.randn(B, L, generator=g, dtype=dtype)
+    prior_mu, prior_logvar = torch.randn(1, L, generator=g, dtype=dtype), torch.randn(L, generator=g, dtype=dtype)
+    recon_x, x = torch.rand(B, 3, 40, 40, generator=g, dtype=dtype), torch.rand(B, 3, 40, 40, generator=g, dtype=dtype)
+    s, o = torch.randn(1, 3, 1, 1, generator=g, dtype=dtype), torch.rand(1, 3, 40, 40, generator=g, dtype=dtype)
+    leaves = [recon_x, x, mu, logvar, prior_mu, prior_logvar, s, o]
+
+    def run(fn):
+        ts = [t.detach().clone().requires_grad_() for t in leaves]
+        loss = fn(*ts[:4], prior_mu=ts[4], prior_logvar=ts[5], recon_logvar=ts[6], recon_offset=ts[7],
+                  recon="l1", reduction="batchmean")
+        return [loss.detach()] + list(torch.autograd.grad(loss, ts[:1] + ts[2:]))
+
+    runs = []
+    for threads in (1, 2, 3):
+        torch.set_num_threads(threads)
+        runs.append(run(vae_fused.vae_loss))
+    for other in runs[1:]:
+        for a, b in zip(runs[0], other):
+            assert torch.equal(a, b)
+    expected = run(lambda *a, **k: vae_fused.reference.vae_loss(*[t.double() for t in a],
+                                                                **{n: v.double() for n, v in k.items()
+                                                                   if isinstance(v, torch.Tensor)},
+                                                                recon="l1", reduction="batchmean"))
+    tol = dict(rtol=1e-10, atol=1e-12) if dtype == torch.float64 else dict(rtol=2e-5, atol=1e-4)
+    for got, want in zip(runs[0], expected):
+        assert got.shape == want.shape
+        torch.testing.assert_close(got.double(), want.double(), **tol)
+
+
 @pytest.mark.parametrize("cap", ["default", "avx2", "avx512"])
 def test_capability_is_reported_capped(monkeypatch, cap):
     """VAE_FUSED_CPU_CAPABILITY (read on every call) picks the kernel build;

@@ -673,3 +673,25 @@ def test_retained_graph_keeps_the_saved_gradients_of_the_options_intact():
     second = torch.autograd.grad(loss, [p, pmu, s])
     for a, b in zip(second, expected):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("reduction", ["sum", "batchmean", "none"])
+def test_shared_extras_are_summed_over_samples_in_the_pass(reduction):
+    # the CPU forward keeps a (1, L) prior's and a per-channel option's
+    # gradient as one row (summed in the pass, no B x L buffer); per-sample
+    # upstream gradients ("none") need the elements, as does free bits
+    mu, logvar = torch.randn(4, 6), torch.randn(4, 6)
+    recon_x, x = torch.rand(4, 3, 2, 2), torch.rand(4, 3, 2, 2)
+    prior_mu, s = torch.randn(1, 6), torch.randn(1, 3, 1, 1)
+    codes = vae_fused._ops
+    red = codes.REDUCTIONS[reduction]
+    grad_mask = (1 << 4) | (1 << 6)
+    for free_bits in (0.0, 0.5):
+        if free_bits and reduction == "none":
+            continue
+        _, _, saved = torch.ops.vae_fused.vae_loss_forward(
+            recon_x, x, mu, logvar, prior_mu, None, s, None, None, codes.RECON_MODES["l1"], red, red,
+            free_bits, grad_mask)
+        per_feature = reduction != "none"
+        assert saved[4].shape == ((1, 6) if per_feature and not free_bits else (4, 6))
+        assert saved[6].shape == ((1, 3, 2, 2) if per_feature else (4, 3, 2, 2))

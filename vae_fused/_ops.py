@@ -172,9 +172,19 @@ def _term_like(t: torch.Tensor, reduction: int, dtype: torch.dtype) -> torch.Ten
     return t.new_empty(shape, dtype=_acc_dtype(dtype))
 
 
-def _extra_grad_per_sample(extra: torch.Tensor, target: torch.Tensor, prior: bool, free_bits: float) -> bool:
+def _extra_grad_shape(extra: torch.Tensor, target: torch.Tensor, prior: bool, free_bits: float,
+                      reduction: int) -> tuple:
+    """The shape of an extra's gradient as the op returns it (C++ twin:
+    extra_grad_kind in csrc/plan.cpp): (B,) per-sample sums, (1, ...) sums over
+    the samples, or the target's shape (per element)."""
     padded = (1,) * (target.dim() - extra.dim()) + tuple(extra.shape)
-    return all(d == 1 for d in padded[1:]) and not (prior and free_bits > 0)
+    if prior and free_bits > 0:
+        return tuple(target.shape)
+    if all(d == 1 for d in padded[1:]):
+        return (target.shape[0],)
+    if padded[0] == 1 and reduction != REDUCTIONS["none"]:
+        return (1, *target.shape[1:])
+    return tuple(target.shape)
 
 
 @torch.library.register_fake("vae_fused::vae_loss")
@@ -200,11 +210,8 @@ def _vae_loss_forward_fake(recon_x, x, mu, logvar, prior_mu, prior_logvar, recon
             grads.append(t.new_empty(t.shape, dtype=_acc_dtype(t.dtype)))
         else:
             target = mu if i < 6 else recon_x
-            dtype = _acc_dtype(target.dtype)
-            if _extra_grad_per_sample(t, target, i < 6, free_bits):
-                grads.append(target.new_empty((target.shape[0],), dtype=dtype))
-            else:
-                grads.append(target.new_empty(target.shape, dtype=dtype))
+            shape = _extra_grad_shape(t, target, i < 6, free_bits, kl_reduction if i < 6 else reduction)
+            grads.append(target.new_empty(shape, dtype=_acc_dtype(target.dtype)))
     return recon_term, kl_term, grads
 
 

@@ -39,9 +39,13 @@ struct TermPass {
   void* grad_b = nullptr;
   Operand extra[kMaxExtras];
   // Per extra: its element gradient (accumulation dtype, rows*cols), or
-  // per-task sums of it (per-sample-constant extras), or neither.
+  // per-task sums of it (per-sample-constant extras), or its sums over the
+  // rows (accumulation dtype, cols: extras the same for every row), or none.
+  // Any column sum makes the pass walk each column chunk down all rows on one
+  // thread (rows in order: the sums never depend on the thread count).
   void* extra_grad[kMaxExtras] = {nullptr, nullptr, nullptr};
   double* extra_partials[kMaxExtras] = {nullptr, nullptr, nullptr};
+  void* extra_column_sums[kMaxExtras] = {nullptr, nullptr, nullptr};
   double* partials = nullptr;     // rows * chunks_per_row(cols) sums of the element losses
   void* values = nullptr;         // the element losses (accumulation dtype), or nullptr
   double likelihood_half = 1.0;   // 1/2 for the Gaussian NLL (mse with recon_logvar)

@@ -180,6 +180,11 @@ void run_term(const TermPlan& plan, std::vector<at::Tensor>& grads, at::Tensor& 
     if (extra.grad == ExtraGrad::kPerSample) {
       extra_partials[k].assign(tasks, 0.0);
       pass.extra_partials[k] = extra_partials[k].data();
+    } else if (extra.grad == ExtraGrad::kPerFeature) {
+      std::vector<int64_t> shape(plan.a.sizes().begin(), plan.a.sizes().end());
+      shape[0] = 1;
+      grads[extra.index] = at::empty(shape, plan.acc_options);
+      pass.extra_column_sums[k] = grads[extra.index].data_ptr();
     } else if (extra.grad == ExtraGrad::kPerElement) {
       grads[extra.index] = at::empty(plan.a.sizes(), plan.acc_options);
       pass.extra_grad[k] = grads[extra.index].data_ptr();

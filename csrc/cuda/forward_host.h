@@ -75,7 +75,9 @@ struct ForwardRunner {
         args.extra_partials[k] = args.partials + tiles * slot++;
         grads[extra.index] = at::empty({plan.rows}, plan.acc_options);
         args.extra_rows[k] = grads[extra.index].data_ptr();
-      } else if (extra.grad == ExtraGrad::kPerElement) {
+      } else if (extra.grad == ExtraGrad::kPerElement || extra.grad == ExtraGrad::kPerFeature) {
+        // kPerFeature: stored per element here and summed over the samples
+        // after the pass (the CPU pass sums it in place).
         grads[extra.index] = at::empty(plan.a.sizes(), plan.acc_options);
         args.extra_grad[k] = grads[extra.index].data_ptr();
         addresses[n_addresses++] = reinterpret_cast<uintptr_t>(args.extra_grad[k]);
@@ -96,6 +98,13 @@ struct ForwardRunner {
     at::Tensor ticket = at::zeros({1}, plan.a.options().dtype(at::kInt));
     args.ticket = reinterpret_cast<unsigned int*>(ticket.data_ptr<int>());
     launch(args, extras);
+    const int64_t sample_dim = 0;
+    for (int k = 0; k < plan.extra_count; ++k) {
+      const ExtraPlan& extra = plan.extras[k];
+      if (extra.grad == ExtraGrad::kPerFeature) {
+        grads[extra.index] = grads[extra.index].sum(at::IntArrayRef(sample_dim), /*keepdim=*/true);
+      }
+    }
   }
 
   template <typename T>

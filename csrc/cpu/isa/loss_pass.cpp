@@ -15,6 +15,7 @@
 #include <algorithm>
 #include <atomic>
 #include <type_traits>
+#include <vector>
 
 #include "../vec_primitives.h"  // before element_math.h: the at::vec overloads it uses
 #include "../../codes.h"
@@ -279,9 +280,19 @@ int term_pass(const TermPass& args) {
     Operand operand;
     acc_t* grad = nullptr;         // per-element gradient out
     double* partials = nullptr;    // per-task sums of the gradient out
+    acc_t* column_sums = nullptr;  // sums over the rows of the gradient out
   };
 
-  at::parallel_for(0, tasks, grain, [&](int64_t begin, int64_t end) {
+  // With column sums to form, the work items are column chunks, each walked
+  // down every row in order on one thread; else (row, chunk) tasks. Either
+  // way every (row, chunk) partial is summed over the same blocks.
+  bool by_column = false;
+  for (int k = 0; k < kExtras; ++k) by_column = by_column || args.extra_column_sums[k] != nullptr;
+  const int64_t items = by_column ? chunks_per_row(args.cols) : tasks;
+  const int64_t item_size = by_column ? args.rows * task_size : task_size;
+  const int64_t item_grain = by_column ? std::max<int64_t>(1, 32768 / std::max<int64_t>(1, item_size)) : grain;
+
+  at::parallel_for(0, items, item_grain, [&](int64_t begin, int64_t end) {
     // Everything the loop reads is read out of `args` once, into locals: the
     // vector stores below go through may_alias types, so a value read through
     // `args` (or the closure) would be reloaded after every store, and the
@@ -310,11 +321,16 @@ int term_pass(const TermPass& args) {
       }
       slots[k].grad = static_cast<acc_t*>(args.extra_grad[k]);
       slots[k].partials = args.extra_partials[k];
-      any_extra_grad = any_extra_grad || slots[k].grad != nullptr || slots[k].partials != nullptr;
+      slots[k].column_sums = static_cast<acc_t*>(args.extra_column_sums[k]);
+      any_extra_grad = any_extra_grad || slots[k].grad != nullptr || slots[k].partials != nullptr ||
+                       slots[k].column_sums != nullptr;
     }
-    for (int64_t task = begin; task < end; ++task) {
-      const int64_t row = task / per_row;
-      const int64_t col_begin = (task % per_row) * kChunk;
+    // One chunk's running column sums per extra (by_column only).
+    std::vector<acc_t> column_acc(by_column ? kExtras * kChunk : 0);
+    acc_t* const column_acc_data = column_acc.data();
+    auto run_task = [&](int64_t row, int64_t chunk) {
+      const int64_t task = row * per_row + chunk;
+      const int64_t col_begin = chunk * kChunk;
       const int64_t col_end = std::min(cols, col_begin + kChunk);
       const int64_t base = row * cols;
       Vec acc_lo(0), acc_hi(0);
@@ -394,6 +410,11 @@ int term_pass(const TermPass& args) {
             if (slots[k].partials != nullptr) {
               keep_lanes<kFull>(n, de_lo[k], de_hi[k]);
               extra_acc[k] = extra_acc[k] + de_lo[k] + de_hi[k];
+            } else if (slots[k].column_sums != nullptr) {
+              keep_lanes<kFull>(n, de_lo[k], de_hi[k]);
+              acc_t* const sums = column_acc_data + k * kChunk + (j - col_begin);
+              (Vec::loadu(sums) + de_lo[k]).store(sums);
+              (Vec::loadu(sums + BA::kLanes) + de_hi[k]).store(sums + BA::kLanes);
             } else if (slots[k].grad != nullptr) {
               BAcc::template store<kFull>(slots[k].grad + at, n, de_lo[k] * scale,
                                         de_hi[k] * scale);
@@ -413,6 +434,23 @@ int term_pass(const TermPass& args) {
         if (a_range.outside()) bits |= kInputOutOfRange;
         if (b_range.outside()) bits |= kTargetOutOfRange;
         if (bits != 0) range_bits.fetch_or(bits, std::memory_order_relaxed);
+      }
+    };
+    if (!by_column) {
+      for (int64_t task = begin; task < end; ++task) run_task(task / per_row, task % per_row);
+      return;
+    }
+    for (int64_t chunk = begin; chunk < end; ++chunk) {
+      std::fill(column_acc.begin(), column_acc.end(), acc_t(0));
+      for (int64_t row = 0; row < args.rows; ++row) run_task(row, chunk);
+      const int64_t col_begin = chunk * kChunk;
+      const int64_t width = std::min(cols, col_begin + kChunk) - col_begin;
+      for (int k = 0; k < kExtras; ++k) {
+        if (slots[k].column_sums == nullptr) continue;
+        for (int64_t i = 0; i < width; ++i) {
+          slots[k].column_sums[col_begin + i] =
+              static_cast<acc_t>(column_acc[k * kChunk + i] * static_cast<acc_t>(grad_scale));
+        }
       }
     }
   });
