@@ -221,11 +221,12 @@ VAE_FUSED_HD void cb_log_norm_value_and_grad(V p, V log_p, V log_1mp, V& log_c, 
   // inf, and its Newton step NaN).
   const V two_atanh = log_1mp - log_p;
   const V log_ratio = vlog(vdiv(two_atanh, two * x));
-  const V divisor = V(4) * vmax(p * (one - p), V(std::numeric_limits<S>::min())) * two_atanh;
+  const V p_1mp = p * (one - p);
+  const V divisor = V(4) * vmax(p_1mp, V(std::numeric_limits<S>::min())) * two_atanh;
   const V d_direct = vdiv(two, divisor) - vdiv(one, x);
   const auto inside = vless(vabs(x), V(CbceWindow<S>::value));
   // p = 0 or 1: log C = +inf, its derivative NaN (as the closed form gives).
-  const auto interior = vless(zero, p * (one - p));
+  const auto interior = vless(zero, p_1mp);
   const V log_ratio_sel =
       vselect(inside, series, vselect(interior, log_ratio, V(std::numeric_limits<double>::infinity())));
   const V d_sel = vselect(inside, d_series,

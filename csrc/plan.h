@@ -71,7 +71,7 @@ bool dense_same_layout(const at::Tensor& a, const at::Tensor& b);
 // the samples, shape (1, ...), when it is the same for every sample and the
 // term's reduction is not "none"; else per element -- and always per element
 // for the priors under free bits, whose floor acts per latent unit. (Python
-// twin: _extra_grad_kind in vae_fused/_ops.py, for the fake kernel.)
+// twin: _extra_grad_shape in vae_fused/_ops.py, for the fake kernel.)
 ExtraGrad extra_grad_kind(const at::Tensor& extra, const at::Tensor& target, bool prior,
                           double free_bits, int64_t reduction);
 

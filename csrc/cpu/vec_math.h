@@ -238,6 +238,15 @@ struct Avx2Lanes {
   // x goes second: NaN passes through.
   static F clamp(F x, F lo, F hi) { return min(hi, max(lo, x)); }
   static F abs(F a) { return _mm256_andnot_ps(_mm256_set1_ps(-0.0f), a); }
+  // the reciprocal estimate (12 bits) and c - a b, fused
+  static F rcp(F a) { return _mm256_rcp_ps(a); }
+  static F fnma(F a, F b, F c) { return _mm256_fnmadd_ps(a, b, c); }
+  // unsigned 32-bit lanes: max, and whether any lane is above `bound`
+  static I umax(I a, I b) { return _mm256_max_epu32(a, b); }
+  static bool any_above(I a, uint32_t bound) {
+    const I b = seti(static_cast<int32_t>(bound));
+    return _mm256_movemask_epi8(_mm256_cmpeq_epi32(_mm256_max_epu32(a, b), b)) != -1;
+  }
 };
 #endif
 
@@ -276,6 +285,12 @@ struct Avx512Lanes {
   static F min(F a, F b) { return _mm512_min_ps(a, b); }
   static F clamp(F x, F lo, F hi) { return min(hi, max(lo, x)); }
   static F abs(F a) { return _mm512_abs_ps(a); }
+  static F rcp(F a) { return _mm512_rcp14_ps(a); }  // 14 bits
+  static F fnma(F a, F b, F c) { return _mm512_fnmadd_ps(a, b, c); }
+  static I umax(I a, I b) { return _mm512_max_epu32(a, b); }
+  static bool any_above(I a, uint32_t bound) {
+    return _mm512_cmpgt_epu32_mask(a, seti(static_cast<int32_t>(bound))) != 0;
+  }
 };
 #endif
 
@@ -472,37 +487,21 @@ inline float fast_log_one_to_two(float x) {
 inline float fast_exp(float x) { return vec_math_detail::exp_impl<vec_math_detail::ScalarLanes>(x); }
 
 // Vector entry points.
-#if defined(CPU_CAPABILITY_AVX512)
+#if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
 inline at::vec::Vectorized<float> fast_log(const at::vec::Vectorized<float>& x) {
-  return vec_math_detail::log_impl<vec_math_detail::Avx512Lanes>(x);
+  return vec_math_detail::log_impl<vec_math_detail::NativeLanes>(x);
 }
 inline at::vec::Vectorized<float> fast_log_unit_interval(const at::vec::Vectorized<float>& x) {
-  return vec_math_detail::log_impl<vec_math_detail::Avx512Lanes, false>(x);
+  return vec_math_detail::log_impl<vec_math_detail::NativeLanes, false>(x);
 }
 inline at::vec::Vectorized<float> fast_log1p(const at::vec::Vectorized<float>& x) {
-  return vec_math_detail::log1p_impl<vec_math_detail::Avx512Lanes>(x);
+  return vec_math_detail::log1p_impl<vec_math_detail::NativeLanes>(x);
 }
 inline at::vec::Vectorized<float> fast_log_one_to_two(const at::vec::Vectorized<float>& x) {
-  return vec_math_detail::log_one_to_two_impl<vec_math_detail::Avx512Lanes>(x);
+  return vec_math_detail::log_one_to_two_impl<vec_math_detail::NativeLanes>(x);
 }
 inline at::vec::Vectorized<float> fast_exp(const at::vec::Vectorized<float>& x) {
-  return vec_math_detail::exp_impl<vec_math_detail::Avx512Lanes>(x);
-}
-#elif defined(CPU_CAPABILITY_AVX2)
-inline at::vec::Vectorized<float> fast_log(const at::vec::Vectorized<float>& x) {
-  return vec_math_detail::log_impl<vec_math_detail::Avx2Lanes>(x);
-}
-inline at::vec::Vectorized<float> fast_log_unit_interval(const at::vec::Vectorized<float>& x) {
-  return vec_math_detail::log_impl<vec_math_detail::Avx2Lanes, false>(x);
-}
-inline at::vec::Vectorized<float> fast_log1p(const at::vec::Vectorized<float>& x) {
-  return vec_math_detail::log1p_impl<vec_math_detail::Avx2Lanes>(x);
-}
-inline at::vec::Vectorized<float> fast_log_one_to_two(const at::vec::Vectorized<float>& x) {
-  return vec_math_detail::log_one_to_two_impl<vec_math_detail::Avx2Lanes>(x);
-}
-inline at::vec::Vectorized<float> fast_exp(const at::vec::Vectorized<float>& x) {
-  return vec_math_detail::exp_impl<vec_math_detail::Avx2Lanes>(x);
+  return vec_math_detail::exp_impl<vec_math_detail::NativeLanes>(x);
 }
 #else
 inline at::vec::Vectorized<float> fast_log(const at::vec::Vectorized<float>& x) {

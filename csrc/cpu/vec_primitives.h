@@ -79,15 +79,10 @@ inline at::vec::Vectorized<S> vdiv(const at::vec::Vectorized<S>& n, const at::ve
 // first and loses about an ulp more). Four operations, as that form.
 inline at::vec::Vectorized<float> vdiv(const at::vec::Vectorized<float>& n,
                                        const at::vec::Vectorized<float>& d) {
-#if defined(CPU_CAPABILITY_AVX512)
-  const __m512 r = _mm512_rcp14_ps(d);
-  const __m512 q = _mm512_mul_ps(n, r);
-  return _mm512_fmadd_ps(r, _mm512_fnmadd_ps(d, q, n), q);
-#else
-  const __m256 r = _mm256_rcp_ps(d);
-  const __m256 q = _mm256_mul_ps(n, r);
-  return _mm256_fmadd_ps(r, _mm256_fnmadd_ps(d, q, n), q);
-#endif
+  using L = vec_math_detail::NativeLanes;
+  const L::F r = L::rcp(d);
+  const L::F q = L::mul(n, r);
+  return L::fma(r, L::fnma(d, q, n), q);
 }
 #endif
 // Comparisons on Vectorized return an all-ones/all-zeros lane mask.

@@ -177,29 +177,13 @@ struct UnitRange {
 // operations a vector, where the NaN-propagating min and max took eight.
 template <>
 struct UnitRange<Vectorized<float>> {
-#if defined(CPU_CAPABILITY_AVX512)
-  __m512i top = _mm512_setzero_si512();
+  using L = vec_math_detail::NativeLanes;
+  L::I top = L::seti(0);
   void add(const Vectorized<float>& x, const Vectorized<float>& y) {
-    const __m512 zero = _mm512_setzero_ps();
-    top = _mm512_max_epu32(top, _mm512_max_epu32(_mm512_castps_si512(_mm512_add_ps(x, zero)),
-                                                 _mm512_castps_si512(_mm512_add_ps(y, zero))));
+    const L::F zero = L::set(0.0f);
+    top = L::umax(top, L::umax(L::as_int(L::add(x, zero)), L::as_int(L::add(y, zero))));
   }
-  bool outside() const {
-    return _mm512_cmpgt_epu32_mask(top, _mm512_set1_epi32(0x3f800000)) != 0;
-  }
-#else
-  __m256i top = _mm256_setzero_si256();
-  void add(const Vectorized<float>& x, const Vectorized<float>& y) {
-    const __m256 zero = _mm256_setzero_ps();
-    top = _mm256_max_epu32(top, _mm256_max_epu32(_mm256_castps_si256(_mm256_add_ps(x, zero)),
-                                                 _mm256_castps_si256(_mm256_add_ps(y, zero))));
-  }
-  bool outside() const {
-    const __m256i one = _mm256_set1_epi32(0x3f800000);
-    const __m256i within = _mm256_cmpeq_epi32(_mm256_max_epu32(top, one), one);
-    return _mm256_movemask_epi8(within) != -1;
-  }
-#endif
+  bool outside() const { return L::any_above(top, 0x3f800000u); }  // the bits of 1.0
 };
 #endif
 
@@ -267,13 +251,7 @@ int term_pass(const TermPass& args) {
   constexpr int64_t kSize = BA::kSize;
   constexpr int kExtras = Rule::kExtras;
 
-  const int64_t tasks = args.rows * chunks_per_row(args.cols);
   std::atomic<int> range_bits{0};
-
-  // Aim for ~32K elements per thread slice so tiny losses stay on the
-  // calling thread; this only groups tasks and never changes a result.
-  const int64_t task_size = std::max<int64_t>(1, std::min(args.cols, kChunk));
-  const int64_t grain = std::max<int64_t>(1, 32768 / task_size);
 
   struct ExtraSlot {
     const acc_t* data = nullptr;   // present and read per element (else hoisted)
@@ -288,11 +266,14 @@ int term_pass(const TermPass& args) {
   // way every (row, chunk) partial is summed over the same blocks.
   bool by_column = false;
   for (int k = 0; k < kExtras; ++k) by_column = by_column || args.extra_column_sums[k] != nullptr;
-  const int64_t items = by_column ? chunks_per_row(args.cols) : tasks;
-  const int64_t item_size = by_column ? args.rows * task_size : task_size;
-  const int64_t item_grain = by_column ? std::max<int64_t>(1, 32768 / std::max<int64_t>(1, item_size)) : grain;
+  const int64_t chunks = chunks_per_row(args.cols);
+  const int64_t items = by_column ? chunks : args.rows * chunks;
+  // Aim for ~32K elements per thread slice so tiny losses stay on the
+  // calling thread; this only groups work items and never changes a result.
+  const int64_t item_size = (by_column ? args.rows : 1) * std::min(args.cols, kChunk);
+  const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(1, item_size));
 
-  at::parallel_for(0, items, item_grain, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, items, grain, [&](int64_t begin, int64_t end) {
     // Everything the loop reads is read out of `args` once, into locals: the
     // vector stores below go through may_alias types, so a value read through
     // `args` (or the closure) would be reloaded after every store, and the
@@ -440,16 +421,17 @@ int term_pass(const TermPass& args) {
       for (int64_t task = begin; task < end; ++task) run_task(task / per_row, task % per_row);
       return;
     }
+    const int64_t rows = args.rows;
+    const acc_t column_scale = static_cast<acc_t>(grad_scale);
     for (int64_t chunk = begin; chunk < end; ++chunk) {
       std::fill(column_acc.begin(), column_acc.end(), acc_t(0));
-      for (int64_t row = 0; row < args.rows; ++row) run_task(row, chunk);
+      for (int64_t row = 0; row < rows; ++row) run_task(row, chunk);
       const int64_t col_begin = chunk * kChunk;
       const int64_t width = std::min(cols, col_begin + kChunk) - col_begin;
       for (int k = 0; k < kExtras; ++k) {
         if (slots[k].column_sums == nullptr) continue;
         for (int64_t i = 0; i < width; ++i) {
-          slots[k].column_sums[col_begin + i] =
-              static_cast<acc_t>(column_acc[k * kChunk + i] * static_cast<acc_t>(grad_scale));
+          slots[k].column_sums[col_begin + i] = column_acc[k * kChunk + i] * column_scale;
         }
       }
     }
