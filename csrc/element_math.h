@@ -324,7 +324,7 @@ template <typename V>
 VAE_FUSED_HD void kl_value_and_grad(V mu, V logvar, V& kl, V& d_mu, V& d_logvar) {
   const V one(1), half(0.5);
   const V var = vexp(logvar);
-  kl = -half * (one + logvar - mu * mu - var);
+  kl = V(-0.5) * (one + logvar - mu * mu - var);
   d_mu = mu;
   d_logvar = half * (var - one);
 }
