@@ -1,7 +1,6 @@
 #include "inputs.h"
 
 #include <c10/util/Exception.h>
-#include <torch/version.h>
 
 #include <cmath>
 #include <sstream>
@@ -49,25 +48,9 @@ bool broadcasts_to(const at::Tensor& t, const at::Tensor& target) {
   return true;
 }
 
-// The dtype as torch prints it: torch.int64, torch.bool. c10 has the table
-// from torch 2.6 on; older versions get the dtypes a loss input is likely to
-// be given, by name, and c10's own name for the rest.
+// The dtype as torch prints it: torch.int64, torch.bool.
 std::string dtype_str(c10::ScalarType t) {
-#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 6)
   return std::string("torch.") + std::string(c10::getDtypeNames(t).first);
-#else
-  switch (t) {
-    case c10::ScalarType::Bool: return "torch.bool";
-    case c10::ScalarType::Byte: return "torch.uint8";
-    case c10::ScalarType::Char: return "torch.int8";
-    case c10::ScalarType::Short: return "torch.int16";
-    case c10::ScalarType::Int: return "torch.int32";
-    case c10::ScalarType::Long: return "torch.int64";
-    case c10::ScalarType::ComplexFloat: return "torch.complex64";
-    case c10::ScalarType::ComplexDouble: return "torch.complex128";
-    default: return std::string(c10::toString(t));
-  }
-#endif
 }
 
 }  // namespace
