@@ -160,6 +160,72 @@ def test_kernel_builds_agree_with_each_other(monkeypatch):
             torch.testing.assert_close(a, b, rtol=2e-5, atol=1e-5)
 
 
+def _with_every_extra(dtype, rows, cols, seed):
+    """Inputs with a per-element recon_logvar and weight (a constant) and a
+    learned prior, so every element output of the pass (the gradients of
+    recon_x, x, recon_logvar, mu, logvar and the prior; element losses) is
+    written."""
+    g = torch.Generator().manual_seed(seed)
+    recon_x = torch.rand(rows, cols, generator=g, dtype=torch.float64).clamp(1e-3, 1 - 1e-3)
+    x = torch.rand(rows, cols, generator=g, dtype=torch.float64)
+    x[: rows // 2] = x[: rows // 2].round()  # binary-target blocks too
+    mu, logvar = torch.randn(rows, 40, generator=g, dtype=torch.float64), torch.randn(rows, 40, generator=g, dtype=torch.float64)
+    extras = dict(recon_logvar=torch.randn(rows, cols, generator=g, dtype=torch.float64) * 0.1,
+                  weight=torch.rand(rows, cols, generator=g, dtype=torch.float64),
+                  prior_mu=torch.randn(rows, 40, generator=g, dtype=torch.float64),
+                  prior_logvar=torch.randn(rows, 40, generator=g, dtype=torch.float64))
+    return [t.to(dtype) for t in (recon_x, x, mu, logvar)], {k: v.to(dtype) for k, v in extras.items()}
+
+
+def _all_outputs(inputs, extras, **kwargs):
+    leaves = [t.detach().clone().requires_grad_() for t in inputs]
+    extra_leaves = {k: v.detach().clone().requires_grad_(k != "weight") for k, v in extras.items()}
+    loss = vae_fused.vae_loss(*leaves, **extra_leaves, **kwargs)
+    wrt = leaves + [v for v in extra_leaves.values() if v.requires_grad]
+    return [loss.detach()] + list(torch.autograd.grad(loss.sum(), wrt))
+
+
+@pytest.mark.parametrize("cap", ["default", "avx2", "avx512"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("shape", [(6, 1000), (4, 4096)], ids=["odd-rows", "aligned-rows"])
+def test_streaming_stores_change_no_bit(monkeypatch, cap, dtype, shape):
+    """Large passes write their element outputs with non-temporal stores
+    (VAE_FUSED_STREAMING_STORES forces either way): the same bits either way,
+    with and without the extras, row starts aligned or not, tails included."""
+    use_kernel_build(monkeypatch, cap)
+    inputs, extras = _with_every_extra(dtype, *shape, seed=13)
+    for recon, reduction, with_extras in [("bce", "sum", False), ("bce", "none", False),
+                                          ("mse", "mean", True), ("l1", "none", True)]:
+        runs = {}
+        for stream in ("0", "1"):
+            monkeypatch.setenv("VAE_FUSED_STREAMING_STORES", stream)
+            runs[stream] = _all_outputs(inputs, extras if with_extras else {}, recon=recon, reduction=reduction)
+        for a, b in zip(runs["0"], runs["1"]):
+            assert a.dtype == b.dtype and torch.equal(a, b), (recon, reduction, with_extras)
+
+
+def test_streaming_stores_chosen_for_large_gradients_change_no_bit(monkeypatch):
+    # 9.4M float32 gradients (38 MB): more than this machine class's last-level
+    # cache, so the default streams them; forced off gives the same bits
+    inputs = make_inputs((48, 196_000), (48, 64), dtype=torch.float32, seed=17)
+    monkeypatch.delenv("VAE_FUSED_STREAMING_STORES", raising=False)
+    auto = _loss_and_grads(inputs)
+    monkeypatch.setenv("VAE_FUSED_STREAMING_STORES", "0")
+    plain = _loss_and_grads(inputs)
+    for a, b in zip(auto, plain):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("value", ["2", "yes", "auto"])
+def test_invalid_streaming_stores_value_is_a_clear_error(monkeypatch, value):
+    inputs = make_inputs()
+    monkeypatch.setenv("VAE_FUSED_STREAMING_STORES", value)
+    with pytest.raises(RuntimeError, match="VAE_FUSED_STREAMING_STORES must be 0 or 1"):
+        vae_fused.vae_loss(*inputs)
+    monkeypatch.delenv("VAE_FUSED_STREAMING_STORES")
+    assert torch.isfinite(vae_fused.vae_loss(*inputs))
+
+
 @pytest.mark.parametrize("value", ["sse9", "AVX1024", "fast"])
 def test_invalid_capability_is_a_clear_error(monkeypatch, value):
     inputs = make_inputs()

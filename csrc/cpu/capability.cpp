@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cctype>
 #include <cstdlib>
+#include <fstream>
 
 namespace vae_fused::cpu {
 
@@ -31,6 +32,37 @@ std::string selected_capability() {
   rank = std::min(rank, 0);
 #endif
   return rank == 2 ? "AVX512" : rank == 1 ? "AVX2" : "DEFAULT";
+}
+
+int64_t last_level_cache_bytes() {
+  static const int64_t bytes = [] {
+    int64_t largest = 0;
+    for (int index = 0; index < 8; ++index) {
+      std::ifstream file("/sys/devices/system/cpu/cpu0/cache/index" + std::to_string(index) + "/size");
+      std::string text;
+      if (!(file >> text) || text.empty()) continue;
+      int64_t size = 0;
+      size_t i = 0;
+      for (; i < text.size() && std::isdigit(static_cast<unsigned char>(text[i])); ++i) {
+        size = size * 10 + (text[i] - '0');
+      }
+      const char unit = i < text.size() ? static_cast<char>(std::toupper(text[i])) : 'B';
+      size *= unit == 'K' ? (int64_t(1) << 10) : unit == 'M' ? (int64_t(1) << 20) : 1;
+      largest = std::max(largest, size);
+    }
+    return largest > 0 ? largest : int64_t(32) << 20;
+  }();
+  return bytes;
+}
+
+bool stream_element_outputs(int64_t output_bytes) {
+  const char* env = std::getenv("VAE_FUSED_STREAMING_STORES");
+  if (env != nullptr && *env != '\0') {
+    const std::string v(env);
+    TORCH_CHECK(v == "0" || v == "1", "VAE_FUSED_STREAMING_STORES must be 0 or 1; got '", env, "'");
+    return v == "1";
+  }
+  return output_bytes > last_level_cache_bytes();
 }
 
 }  // namespace vae_fused::cpu

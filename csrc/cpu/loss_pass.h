@@ -50,6 +50,9 @@ struct TermPass {
   void* values = nullptr;         // the element losses (accumulation dtype), or nullptr
   double likelihood_half = 1.0;   // 1/2 for the Gaussian NLL (mse with recon_logvar)
   const double* row_grad_factor = nullptr;  // one more factor per row for grad_a / grad_b, or nullptr
+  // Write the element outputs (gradients, element losses) around the cache
+  // (non-temporal stores, AVX2/AVX-512 builds; see stream_element_outputs).
+  bool stream_outputs = false;
 };
 
 // Bits of recon_pass's result: which input had an element outside [0, 1]

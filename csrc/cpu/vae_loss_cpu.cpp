@@ -204,6 +204,12 @@ void run_term(const TermPlan& plan, std::vector<at::Tensor>& grads, at::Tensor& 
     values = at::empty({plan.rows, plan.cols}, plan.acc_options);
     pass.values = values.data_ptr();
   }
+  int64_t output_bytes = 0;
+  for (const void* out : {pass.grad_a, pass.grad_b, pass.values, pass.extra_grad[0], pass.extra_grad[1],
+                          pass.extra_grad[2]}) {
+    if (out != nullptr) output_bytes += plan.rows * plan.cols * plan.acc_options.dtype().itemsize();
+  }
+  pass.stream_outputs = stream_element_outputs(output_bytes);
   if (tasks > 0) {
     const int bits = run(pass);
     // The same words as F.binary_cross_entropy, raised after the pass.

@@ -14,6 +14,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cstdint>
 #include <type_traits>
 #include <vector>
 
@@ -28,6 +29,28 @@ namespace CPU_CAPABILITY {
 namespace {
 
 using at::vec::Vectorized;
+
+// v at p (aligned to its size) by a non-temporal store, which writes the line
+// to memory without reading it into the cache first; a plain store in the
+// DEFAULT build. The writer fences (stream_fence) before others read.
+template <typename S>
+inline void stream_store(S* p, const Vectorized<S>& v) {
+#if defined(CPU_CAPABILITY_AVX512)
+  if constexpr (std::is_same_v<S, float>) return _mm512_stream_ps(p, v);
+  if constexpr (std::is_same_v<S, double>) return _mm512_stream_pd(p, v);
+#elif defined(CPU_CAPABILITY_AVX2)
+  if constexpr (std::is_same_v<S, float>) return _mm256_stream_ps(p, v);
+  if constexpr (std::is_same_v<S, double>) return _mm256_stream_pd(p, v);
+#endif
+  v.store(p);
+}
+// Orders this thread's non-temporal stores before whatever it does next (the
+// end of its share of a parallel_for, which the caller waits on).
+inline void stream_fence() {
+#if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
+  _mm_sfence();
+#endif
+}
 
 // A block is two vectors of accumulation lanes: for bf16/fp16 that is exactly
 // one Vectorized<BFloat16/Half>, which converts to and from two float vectors.
@@ -57,7 +80,14 @@ struct Block {
     hi = Vec::loadu(buf + kLanes);
   }
   template <bool kFull = false>
-  static void store(T* p, int64_t n, const Vec& lo, const Vec& hi) {
+  static void store(T* p, int64_t n, const Vec& lo, const Vec& hi, bool stream = false) {
+    if constexpr (std::is_same_v<T, acc_t>) {
+      if (kFull && stream && reinterpret_cast<uintptr_t>(p) % sizeof(Vec) == 0) {
+        stream_store(p, lo);
+        stream_store(p + kLanes, hi);
+        return;
+      }
+    }
     if (kFull || n == kSize) {
       if constexpr (std::is_same_v<T, acc_t>) {
         lo.store(p);
@@ -288,6 +318,7 @@ int term_pass(const TermPass& args) {
     const double grad_scale = args.grad_scale;
     const Vec scale(static_cast<acc_t>(grad_scale));
     const bool scaled = grad_scale != 1.0;
+    const bool stream = args.stream_outputs;
     const bool binary_path_allowed = Rule::kHasBinaryTargetPath && grad_b == nullptr;
     double* const partials = args.partials;
     const double* const row_grad_factor = args.row_grad_factor;
@@ -372,7 +403,7 @@ int term_pass(const TermPass& args) {
         keep_lanes<kFull>(n, v_lo, v_hi);
         acc_lo = acc_lo + v_lo;
         acc_hi = acc_hi + v_hi;
-        if (values != nullptr) BAcc::template store<kFull>(values + at, n, v_lo, v_hi);
+        if (values != nullptr) BAcc::template store<kFull>(values + at, n, v_lo, v_hi, stream);
         if constexpr (Rule::kChecksUnitRange) {
           // Zero padding lies inside [0, 1], so it never raises a false alarm.
           a_range.add(a_lo, a_hi);
@@ -380,11 +411,11 @@ int term_pass(const TermPass& args) {
         }
         if (kStoresGradients && grad_a != nullptr) {
           if (row_scaled) da_lo = da_lo * row_scale, da_hi = da_hi * row_scale;
-          BAcc::template store<kFull>(grad_a + at, n, da_lo, da_hi);
+          BAcc::template store<kFull>(grad_a + at, n, da_lo, da_hi, stream);
         }
         if (kStoresGradients && grad_b != nullptr) {
           if (row_scaled) db_lo = db_lo * row_scale, db_hi = db_hi * row_scale;
-          BAcc::template store<kFull>(grad_b + at, n, db_lo, db_hi);
+          BAcc::template store<kFull>(grad_b + at, n, db_lo, db_hi, stream);
         }
         if (kExtras > 0 && any_extra_grad) {
           for (int k = 0; k < kExtras; ++k) {
@@ -398,7 +429,7 @@ int term_pass(const TermPass& args) {
               (Vec::loadu(sums + BA::kLanes) + de_hi[k]).store(sums + BA::kLanes);
             } else if (slots[k].grad != nullptr) {
               BAcc::template store<kFull>(slots[k].grad + at, n, de_lo[k] * scale,
-                                        de_hi[k] * scale);
+                                        de_hi[k] * scale, stream);
             }
           }
         }
@@ -419,6 +450,7 @@ int term_pass(const TermPass& args) {
     };
     if (!by_column) {
       for (int64_t task = begin; task < end; ++task) run_task(task / per_row, task % per_row);
+      if (stream) stream_fence();
       return;
     }
     const int64_t rows = args.rows;
@@ -435,6 +467,7 @@ int term_pass(const TermPass& args) {
         }
       }
     }
+    if (stream) stream_fence();
   });
   return range_bits.load();
 }
