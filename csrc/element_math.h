@@ -66,15 +66,15 @@ VAE_FUSED_HD float vexp(float a) { return ::expf(a); }
 VAE_FUSED_HD double vexp(double a) { return ::exp(a); }
 VAE_FUSED_HD float vabs(float a) { return ::fabsf(a); }
 VAE_FUSED_HD double vabs(double a) { return ::fabs(a); }
-// n / d to about one ulp: exact division in host scalar code; the float
-// overloads for CUDA threads (below) and CPU vectors (csrc/cpu/vec_primitives.h)
-// use a reciprocal plus a Newton step, because a division costs as much as the
-// rest of the BCE pass.
+// n / d: IEEE division on the CPU (host scalars and vectors, see
+// csrc/cpu/vec_primitives.h), so the BCE gradient (p - t) / max(p(1-p), eps)
+// has exactly the bits of F.binary_cross_entropy's (tests/test_values.py).
 template <typename S>
 VAE_FUSED_HD S vdiv(S n, S d) { return n / d; }
 // float on a CUDA device: the reciprocal plus one Newton step on the
 // quotient (within an ulp of n / d for finite nonzero d, which is all the
-// callers pass), instead of the IEEE division sequence.
+// callers pass), instead of the IEEE division sequence -- not yet measured
+// against it on a GPU.
 VAE_FUSED_HD float vdiv(float n, float d) {
 #if defined(__CUDA_ARCH__)
   const float r = __frcp_rn(d);
@@ -135,7 +135,7 @@ VAE_FUSED_HD void bce_value_and_grad(V p, V t, V& loss, V& d_input, V& d_target)
 // e = exp(-|z|) <= 1 never overflows. u = 1 + e in [1, 2] is shared by both
 // halves: log1p(e) = log(u) + (e - (u - 1)) / u, u's rounding error (exact,
 // below half an ulp of u) put back to first order -- one table log, no
-// log1p -- and 1/u (a reciprocal and a Newton step, no division) is sigmoid.
+// log1p -- and 1/u is sigmoid.
 template <typename V>
 VAE_FUSED_HD void bce_logits_value_and_grad(V z, V t, V& loss, V& d_input, V& d_target) {
   const V zero(0), one(1);
@@ -217,8 +217,8 @@ VAE_FUSED_HD void cb_log_norm_value_and_grad(V p, V log_p, V log_1mp, V& log_c, 
   // p = 0 or 1, are never selected). 1 - x^2 = 4 p (1 - p), formed from p.
   // For denormal p the derivative exceeds the type's range: p (1 - p) is
   // held at the smallest normal (as BCE holds it at 1e-12), so the divisor
-  // stays normal and the derivative finite (a reciprocal of a denormal is
-  // inf, and its Newton step NaN).
+  // stays normal and the derivative finite (on CUDA a reciprocal of a
+  // denormal is inf, and vdiv's Newton step NaN).
   const V two_atanh = log_1mp - log_p;
   const V log_ratio = vlog(vdiv(two_atanh, two * x));
   const V p_1mp = p * (one - p);

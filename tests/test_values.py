@@ -7,7 +7,7 @@ import torch.nn.functional as F
 import vae_fused
 from .helpers import (DEVICE_PARAMS, GRAD_TOL, LOW_PRECISION, RECON_MODES, REDUCTIONS, TOL,
                       check_low_precision, examples_loss, grads, leaf, make_inputs, oracle_loss,
-                      oracle_terms)
+                      oracle_terms, use_kernel_build)
 
 SHAPES = [
     ((8, 20), (8, 5)),                   # flat features, 1-D latents
@@ -52,6 +52,28 @@ def test_pytorch_examples_loss_is_the_default(device, x_requires_grad):
     got = vae_fused.vae_loss(*inputs)
     torch.testing.assert_close(got, expected, rtol=1e-12, atol=0)
     _assert_grads_match(got, expected, inputs, dict(rtol=1e-10, atol=1e-13))
+
+
+@pytest.mark.parametrize("cap", ["default", "avx2", "avx512"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("targets", ["continuous", "binary", "mixed"])
+def test_bce_gradient_has_eagers_bits(monkeypatch, cap, dtype, targets):
+    """The BCE gradient is F.binary_cross_entropy's to the bit (reduction
+    "sum", upstream gradient 1): the same formula, IEEE division, in every CPU
+    kernel build -- for binary-target blocks too, and at p = 0, 1 and tiny p."""
+    use_kernel_build(monkeypatch, cap)
+    g = torch.Generator().manual_seed(21)
+    p = torch.rand(6, 1031, generator=g, dtype=dtype)
+    p[0, :8] = torch.tensor([0.0, 1.0, 1e-30, 1e-7, 1 - 2**-24, 0.5, 1e-12, 0.999999], dtype=dtype)
+    t = torch.rand(6, 1031, generator=g, dtype=dtype)
+    if targets != "continuous":
+        rows = slice(None) if targets == "binary" else slice(0, 3)
+        t[rows] = (t[rows] > 0.5).to(dtype)
+    mu, logvar = torch.randn(6, 4, generator=g, dtype=dtype), torch.randn(6, 4, generator=g, dtype=dtype)
+    ours, eager = p.clone().requires_grad_(), p.clone().requires_grad_()
+    vae_fused.vae_loss(ours, t, mu, logvar).backward()
+    F.binary_cross_entropy(eager, t, reduction="sum").backward()
+    assert torch.equal(ours.grad, eager.grad)
 
 
 @pytest.mark.parametrize("reduction,kl_reduction", [

@@ -238,9 +238,6 @@ struct Avx2Lanes {
   // x goes second: NaN passes through.
   static F clamp(F x, F lo, F hi) { return min(hi, max(lo, x)); }
   static F abs(F a) { return _mm256_andnot_ps(_mm256_set1_ps(-0.0f), a); }
-  // the reciprocal estimate (12 bits) and c - a b, fused
-  static F rcp(F a) { return _mm256_rcp_ps(a); }
-  static F fnma(F a, F b, F c) { return _mm256_fnmadd_ps(a, b, c); }
   // unsigned 32-bit lanes: max, and whether any lane is above `bound`
   static I umax(I a, I b) { return _mm256_max_epu32(a, b); }
   static bool any_above(I a, uint32_t bound) {
@@ -285,8 +282,6 @@ struct Avx512Lanes {
   static F min(F a, F b) { return _mm512_min_ps(a, b); }
   static F clamp(F x, F lo, F hi) { return min(hi, max(lo, x)); }
   static F abs(F a) { return _mm512_abs_ps(a); }
-  static F rcp(F a) { return _mm512_rcp14_ps(a); }  // 14 bits
-  static F fnma(F a, F b, F c) { return _mm512_fnmadd_ps(a, b, c); }
   static I umax(I a, I b) { return _mm512_max_epu32(a, b); }
   static bool any_above(I a, uint32_t bound) {
     return _mm512_cmpgt_epu32_mask(a, seti(static_cast<int32_t>(bound))) != 0;

@@ -67,24 +67,14 @@ template <typename S>
 inline at::vec::Vectorized<S> vexp(const at::vec::Vectorized<S>& a) { return a.exp(); }
 template <typename S>
 inline at::vec::Vectorized<S> vabs(const at::vec::Vectorized<S>& a) { return a.abs(); }
+// IEEE division (vdivps/vdivpd): on the Zen 5 this was measured on, no slower
+// in the BCE pass than a reciprocal estimate plus a Newton step (the divider
+// runs beside the ~60 other vector operations of an element pair), and the
+// BCE gradient then has eager's bits (see vdiv in element_math.h).
 template <typename S>
 inline at::vec::Vectorized<S> vdiv(const at::vec::Vectorized<S>& n, const at::vec::Vectorized<S>& d) {
   return n / d;
 }
-#if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
-// The reciprocal estimate r (14 bits on AVX-512, 12 on AVX2) and one Newton
-// step on the quotient, q' = q + r (n - d q) with q = n r, both fused: the
-// step's error is the estimate's squared plus one rounding, so n / d to
-// within an ulp or so of IEEE (the form r (2 - d r) rounds 2 - d r to 2^-23
-// first and loses about an ulp more). Four operations, as that form.
-inline at::vec::Vectorized<float> vdiv(const at::vec::Vectorized<float>& n,
-                                       const at::vec::Vectorized<float>& d) {
-  using L = vec_math_detail::NativeLanes;
-  const L::F r = L::rcp(d);
-  const L::F q = L::mul(n, r);
-  return L::fma(r, L::fnma(d, q, n), q);
-}
-#endif
 // Comparisons on Vectorized return an all-ones/all-zeros lane mask.
 template <typename S>
 inline at::vec::Vectorized<S> vless(const at::vec::Vectorized<S>& a,
