@@ -186,7 +186,7 @@ void run_term(const TermPlan& plan, std::vector<at::Tensor>& grads, at::Tensor& 
       grads[extra.index] = at::empty(shape, plan.acc_options);
       pass.extra_column_sums[k] = grads[extra.index].data_ptr();
     } else if (extra.grad == ExtraGrad::kPerElement) {
-      grads[extra.index] = at::empty(plan.a.sizes(), plan.acc_options);
+      grads[extra.index] = empty_gradient(plan.a, plan.acc_options.dtype().toScalarType());
       pass.extra_grad[k] = grads[extra.index].data_ptr();
     }
   }
