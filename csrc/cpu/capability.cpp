@@ -34,6 +34,10 @@ std::string selected_capability() {
   return rank == 2 ? "AVX512" : rank == 1 ? "AVX2" : "DEFAULT";
 }
 
+namespace {
+
+// The size of the largest cache of the CPU the process started on (sysfs),
+// or 32 MiB where it cannot be read.
 int64_t last_level_cache_bytes() {
   static const int64_t bytes = [] {
     int64_t largest = 0;
@@ -54,6 +58,8 @@ int64_t last_level_cache_bytes() {
   }();
   return bytes;
 }
+
+}  // namespace
 
 bool stream_element_outputs(int64_t output_bytes) {
   const char* env = std::getenv("VAE_FUSED_STREAMING_STORES");

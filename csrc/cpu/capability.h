@@ -1,4 +1,5 @@
-// Which per-ISA build of the CPU kernels may run here.
+// What the CPU decides for the kernels: which per-ISA build may run, and
+// whether large outputs are stored around the cache.
 #pragma once
 
 #include <cstdint>
@@ -21,9 +22,5 @@ std::string selected_capability();
 // VAE_FUSED_STREAMING_STORES=0/1 forces the choice (read on every call, for
 // tests and benchmarks).
 bool stream_element_outputs(int64_t output_bytes);
-
-// The size of the largest cache of the CPU the process started on (sysfs),
-// or 32 MiB where it cannot be read.
-int64_t last_level_cache_bytes();
 
 }  // namespace vae_fused::cpu

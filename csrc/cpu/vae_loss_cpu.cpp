@@ -204,12 +204,11 @@ void run_term(const TermPlan& plan, std::vector<at::Tensor>& grads, at::Tensor& 
     values = at::empty({plan.rows, plan.cols}, plan.acc_options);
     pass.values = values.data_ptr();
   }
-  int64_t output_bytes = 0;
-  for (const void* out : {pass.grad_a, pass.grad_b, pass.values, pass.extra_grad[0], pass.extra_grad[1],
-                          pass.extra_grad[2]}) {
-    if (out != nullptr) output_bytes += plan.rows * plan.cols * plan.acc_options.dtype().itemsize();
-  }
-  pass.stream_outputs = stream_element_outputs(output_bytes);
+  // Every element output is rows x cols in the accumulation dtype.
+  int64_t outputs = (pass.grad_a != nullptr) + (pass.grad_b != nullptr) + (pass.values != nullptr);
+  for (const void* grad : pass.extra_grad) outputs += grad != nullptr;
+  pass.stream_outputs = stream_element_outputs(
+      outputs * plan.rows * plan.cols * static_cast<int64_t>(plan.acc_options.dtype().itemsize()));
   if (tasks > 0) {
     const int bits = run(pass);
     // The same words as F.binary_cross_entropy, raised after the pass.
