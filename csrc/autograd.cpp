@@ -226,8 +226,10 @@ class VaeLossFunction : public torch::autograd::Function<VaeLossFunction> {
     auto [recon_term, kl_term] = call_reference(in, opts);
     variable_list outputs, upstream, wrt;
     std::vector<int> slots;
-    if (grad_recon.defined()) outputs.push_back(recon_term), upstream.push_back(grad_recon);
-    if (grad_kl.defined()) outputs.push_back(kl_term), upstream.push_back(grad_kl);
+    // A term none of whose inputs requires grad has no graph to differentiate
+    // (autograd::grad would reject it): its upstream gradient reaches nothing.
+    if (grad_recon.defined() && recon_term.requires_grad()) outputs.push_back(recon_term), upstream.push_back(grad_recon);
+    if (grad_kl.defined() && kl_term.requires_grad()) outputs.push_back(kl_term), upstream.push_back(grad_kl);
     for (int i = 0; i < kWeight; ++i) {
       if (needs_grad(ctx, tensors, i)) wrt.push_back(tensors[i]), slots.push_back(i);
     }
@@ -267,11 +269,14 @@ Terms vae_loss_autograd(VAE_FUSED_LOSS_PARAMS) {
 }
 
 // Below autograd (no gradient wanted): the terms alone.
+// Reached without the autograd kernel (inference_mode, inference tensors), so
+// it checks the inputs itself.
 Terms vae_loss_without_grad(VAE_FUSED_LOSS_PARAMS) {
   const LossInputs in{recon_x, x, mu, logvar, prior_mu, prior_logvar, recon_logvar,
                       recon_offset, weight};
-  auto [recon_term, kl_term, grads] =
-      call_forward(converted_inputs(in), {recon_mode, reduction, kl_reduction, free_bits}, 0);
+  const LossOptions opts{recon_mode, reduction, kl_reduction, free_bits};
+  check_inputs(in, opts);
+  auto [recon_term, kl_term, grads] = call_forward(converted_inputs(in), opts, 0);
   return {recon_term, kl_term};
 }
 

@@ -85,7 +85,7 @@ struct HostBackend {
       for (int64_t b = t; b < column_blocks; b += kThreads) v[t] += f.block_partials[b];
     }
     free_bits_finish<S>(f, block_tree_host(v.data()));
-    for (int64_t i = 0; i < f.rows * f.cols; ++i) free_bits_mask<T, S>(f, i);
+    for (int64_t i = 0; i < f.rows * f.cols; ++i) free_bits_mask<S>(f, i);
   }
 };
 

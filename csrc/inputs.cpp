@@ -2,6 +2,7 @@
 
 #include <c10/util/Exception.h>
 
+#include <cctype>
 #include <cmath>
 #include <sstream>
 #include <string>
@@ -53,6 +54,12 @@ std::string dtype_str(c10::ScalarType t) {
   return std::string("torch.") + std::string(c10::getDtypeNames(t).first);
 }
 
+// "sparse", "sparsecsr", "mkldnn", ... or "nested"
+std::string layout_name(const at::Tensor& t) {
+  std::string name = t.is_nested() ? "nested" : c10::str(t.layout());
+  for (char& c : name) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  return name;
+}
 }  // namespace
 
 void check_inputs(const LossInputs& in, const LossOptions& opts) {
@@ -60,6 +67,8 @@ void check_inputs(const LossInputs& in, const LossOptions& opts) {
   for (int i = 0; i < LossInputs::kCount; ++i) {
     const at::Tensor& t = tensors[i];
     if (!t.defined()) continue;
+    TORCH_CHECK_TYPE(t.layout() == at::kStrided && !t.is_nested(), "vae_fused: ", kNames[i],
+                     " must be a dense tensor, got a ", layout_name(t), " tensor");
     TORCH_CHECK_TYPE(t.is_floating_point(), "vae_fused: ", kNames[i],
                      " must be a floating point tensor (float64, float32, float16 or bfloat16), got ",
                      dtype_str(t.scalar_type()));

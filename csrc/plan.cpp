@@ -136,6 +136,12 @@ ForwardPlan plan_forward(const LossInputs& in, const LossOptions& opts, int64_t 
 }
 
 at::Tensor gradient_factor(const at::Tensor& grad, const at::Tensor& upstream, double scale) {
+  // The kernels index the factors by row: a wrong count would read past them.
+  TORCH_CHECK_VALUE(upstream.dim() == 0 || (upstream.dim() == 1 && grad.dim() > 0 &&
+                                            upstream.sym_size(0) == grad.sym_size(0)),
+                    "vae_fused: scale_gradient takes a 0-d upstream gradient or one value per "
+                    "sample, got upstream of shape ", upstream.sym_sizes(), " for a gradient of shape ",
+                    grad.sym_sizes());
   const auto dtype = acc_dtype(grad.scalar_type());
   std::vector<c10::SymInt> shape(std::max<int64_t>(grad.dim(), 1), 1);
   if (upstream.dim() > 0) shape[0] = upstream.sym_size(0);  // one factor per sample

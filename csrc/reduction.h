@@ -42,10 +42,11 @@ C10_HOST_DEVICE inline double floored_unit(double column_mean, double free_bits)
 // The KL term from sum_j max(free_bits, mean_i kl_ij): that sum is the
 // "batchmean" value; "sum" is B times it and "mean" divides it by L. (So a
 // unit above the floor has d(term)/d kl_ij = reduction_grad_scale, as without
-// free bits.)
+// free bits.) An empty batch sums to 0 under "sum", as without free bits,
+// though its unit means are NaN (0/0); "mean" and "batchmean" stay NaN.
 C10_HOST_DEVICE inline double free_bits_term(int64_t reduction, double floored_sum, int64_t rows,
                                              int64_t cols) {
-  if (reduction == kSum) return floored_sum * static_cast<double>(rows);
+  if (reduction == kSum) return rows == 0 ? 0.0 : floored_sum * static_cast<double>(rows);
   if (reduction == kMean) return floored_sum / static_cast<double>(cols);
   return floored_sum;
 }

@@ -58,6 +58,14 @@ TORCH_LIBRARY(vae_fused, m) {
 TORCH_LIBRARY_IMPL(vae_fused, CompositeExplicitAutograd, m) {
   m.impl("check_inputs", &vae_fused::check_inputs_op);
 }
+// Nested tensors are outside CompositeExplicitAutograd's keys: registered so
+// that the check can say they are not supported.
+TORCH_LIBRARY_IMPL(vae_fused, NestedTensorCPU, m) {
+  m.impl("check_inputs", &vae_fused::check_inputs_op);
+}
+TORCH_LIBRARY_IMPL(vae_fused, NestedTensorCUDA, m) {
+  m.impl("check_inputs", &vae_fused::check_inputs_op);
+}
 
 // The kernels' ops are not differentiable themselves: vae_loss's autograd
 // kernel (autograd.cpp) is their only caller that needs gradients.

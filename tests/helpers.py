@@ -199,9 +199,11 @@ def kl_term_oracle(mu, logvar, kl_reduction, free_bits=0.0):
     kl = kl_elements_closed(mu, logvar)
     if free_bits <= 0:
         return reduce_as(kl, kl_reduction)
-    rows = kl.reshape(kl.shape[0], -1)
+    rows = kl.reshape(kl.shape[0], math.prod(kl.shape[1:]))
     floored = rows.mean(dim=0).clamp_min(free_bits).sum()  # Kingma et al. 2016
-    return {"batchmean": floored, "sum": floored * rows.shape[0], "mean": floored / rows.shape[1]}[kl_reduction]
+    # an empty batch: the unit means are 0/0, but "sum" sums over no samples (API.md: 0)
+    total = floored * rows.shape[0] if rows.shape[0] else rows.sum()
+    return {"batchmean": floored, "sum": total, "mean": floored / rows.shape[1]}[kl_reduction]
 
 
 def oracle_terms(recon_x, x, mu, logvar, reduction="sum", kl_reduction=None, recon="bce", beta=1.0,

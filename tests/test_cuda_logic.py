@@ -344,6 +344,38 @@ def test_emulated_free_bits_grid_wide(kl_reduction, rows):
     torch.testing.assert_close(g[3][:, ~under], (0.5 * (inputs[3].exp() - 1) * scale)[:, ~under])
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_emulated_free_bits_half_latents(dtype):
+    # The latent gradients are float32 for half inputs: the mask zeroes float32
+    # elements (half-sized writes once left units under the floor live).
+    inputs = make((6, 4), (6, 40), "bce")
+    scales = torch.linspace(0, 2, 40, dtype=torch.float64)
+    inputs[2], inputs[3] = (inputs[2] * scales).to(dtype), (inputs[3] * scales).to(dtype)
+    fb = 0.3
+    _, k, g = emulate(inputs, "bce", "sum", "batchmean", free_bits=fb)
+    mu, lv = inputs[2].double(), inputs[3].double()
+    means = kl_elements_closed(mu, lv).mean(0)
+    torch.testing.assert_close(k.double(), means.clamp_min(fb).sum(), rtol=1e-6, atol=1e-6)
+    under = means < fb
+    assert under.any() and (~under).any()
+    assert g[2].dtype == torch.float32 and g[3].dtype == torch.float32
+    assert (g[2][:, under] == 0).all() and (g[3][:, under] == 0).all()
+    torch.testing.assert_close(g[2][:, ~under].double(), (mu / 6)[:, ~under], rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(g[3][:, ~under].double(), (0.5 * (lv.exp() - 1) / 6)[:, ~under],
+                               rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("kl_reduction", ["sum", "mean", "batchmean"])
+def test_emulated_free_bits_zero_width_latent(kl_reduction):
+    # L = 0: no column, yet one block runs (and writes its 0 partial somewhere)
+    inputs = make((3, 4), (3, 0), "bce")
+    r, k, g = emulate(inputs, "bce", "sum", kl_reduction, free_bits=0.5)
+    expected = float("nan") if kl_reduction == "mean" else 0.0  # "mean" divides by L = 0
+    torch.testing.assert_close(k, torch.tensor(expected, dtype=k.dtype), equal_nan=True)
+    assert g[2].shape == (3, 0) and g[3].shape == (3, 0)
+    torch.testing.assert_close(r, oracle(inputs, "bce", "sum", kl_reduction)[0])
+
+
 def test_emulated_free_bits_with_prior_masks_prior_gradients():
     inputs = make((6, 4), (6, 5), "bce")
     pm = torch.randn(6, 5, dtype=torch.float64)

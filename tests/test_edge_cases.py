@@ -75,6 +75,12 @@ def test_target_gradient_clamped(device, dtype):
     inside = torch.isfinite(e_f) & (e_f.abs() < 99)
     assert inside.sum() >= 4
     torch.testing.assert_close(g[inside], e_f[inside], rtol=1e-6, atol=1e-6)
+    # the reference (the spec) and the create_graph path (which differentiates
+    # the reference) give the same clamped gradient, finite at p = 0 and 1
+    for loss_fn, create_graph in ((vae_fused.reference.vae_loss, False), (vae_fused.vae_loss, True)):
+        t_r = t.detach().clone().requires_grad_()
+        (g_r,) = torch.autograd.grad(loss_fn(p, t_r, mu, logvar), [t_r], create_graph=create_graph)
+        torch.testing.assert_close(g_r.double(), expected, rtol=1e-6, atol=1e-6)
 
 
 @pytest.mark.parametrize("device", DEVICE_PARAMS)

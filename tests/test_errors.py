@@ -209,13 +209,34 @@ def test_out_of_range_is_fine_for_logits_and_mse(recon, dtype):
 
 @pytest.mark.parametrize("fn", IMPLEMENTATIONS)
 @pytest.mark.parametrize("reduction", ["sum", "mean", "batchmean", "none"])
-def test_empty_batch_is_not_an_error(fn, reduction):
-    out = fn(*make_inputs((0, 5), (0, 2)), reduction=reduction)
+@pytest.mark.parametrize("free_bits", [0.0, 0.5])
+def test_empty_batch_is_not_an_error(fn, reduction, free_bits):
+    if free_bits and reduction == "none":
+        pytest.skip("free bits need a batch reduction")
+    out = fn(*make_inputs((0, 5), (0, 2)), reduction=reduction, free_bits=free_bits)
     assert out.shape == ((0,) if reduction == "none" else ())
     if reduction == "sum":
-        assert out.item() == 0.0
+        assert out.item() == 0.0  # also with free bits, whose unit means are 0/0
     elif reduction != "none":
         assert torch.isnan(out)  # 0/0 like torch.mean
+
+
+@pytest.mark.parametrize("fn", IMPLEMENTATIONS)
+@pytest.mark.parametrize("reduction", ["sum", "mean", "batchmean"])
+def test_empty_batch_gradients_of_shared_extras_are_zero(fn, reduction):
+    # Extras shared by every sample ((1, ...) shapes) get their gradient summed
+    # over the samples: over no samples, 0. Freed NaN blocks of the same sizes
+    # come first, so memory left unwritten would show.
+    shapes = {"recon_logvar": (1, 3, 40), "recon_offset": (1, 3, 40), "prior_mu": (1, 700),
+              "prior_logvar": (1, 700)}
+    for shape in shapes.values():
+        junk = [torch.full(shape, float("nan")) for _ in range(16)]
+        del junk
+    extras = {k: torch.zeros(shape, requires_grad=True) for k, shape in shapes.items()}
+    loss = fn(torch.rand(0, 3, 40), torch.rand(0, 3, 40), torch.randn(0, 700), torch.randn(0, 700),
+              recon="mse", reduction=reduction, **extras)
+    for name, g in zip(extras, torch.autograd.grad(loss, list(extras.values()))):
+        assert g.shape == shapes[name] and (g == 0).all(), name
 
 
 def test_not_a_tensor():
@@ -239,6 +260,73 @@ def test_raw_op_checks_its_arguments_too():
         torch.ops.vae_fused.vae_loss_forward(recon_x, x[:, :5], mu, logvar, *none5, 0, 2, 2, 0.0, 0)
     with pytest.raises(TypeError, match="converted"):  # the kernels' op takes converted dtypes only
         torch.ops.vae_fused.vae_loss_forward(recon_x, x.float(), mu, logvar, *none5, 0, 2, 2, 0.0, 0)
+
+
+def test_inference_mode_checks_the_inputs_too():
+    # inference_mode skips the autograd kernel, where the checks usually run
+    recon_x, x, mu, logvar = make_inputs((4, 10), (4, 3))
+    with torch.inference_mode():
+        raises_and_leaves_inputs(vae_fused.vae_loss, (recon_x, x.long(), mu, logvar), {}, TypeError, "x",
+                                  "int64")
+        raises_and_leaves_inputs(vae_fused.vae_loss, (recon_x, x, mu, logvar.to("meta")), {}, ValueError,
+                                  "device", "meta")
+        raises_and_leaves_inputs(vae_fused.vae_loss, (recon_x, x[:, :9], mu, logvar), {}, ValueError,
+                                  "(4, 10)", "(4, 9)")
+        raises_and_leaves_inputs(vae_fused.vae_loss, (recon_x, x, mu, logvar), {"weight": torch.ones(3)},
+                                  ValueError, "weight", "(3,)")
+        expected = vae_fused.reference.vae_loss(recon_x, x, mu, logvar)
+        torch.testing.assert_close(vae_fused.vae_loss(recon_x, x, mu, logvar), expected)
+
+
+def test_raw_ops_check_meta_and_mixed_inputs():
+    # One meta input sends a CPU call to the fake kernel: it checks as the kernels do.
+    recon_x, x, mu, logvar = make_inputs((4, 10), (4, 3))
+    none5 = (None,) * 5
+    forward = torch.ops.vae_fused.vae_loss_forward
+    with pytest.raises(ValueError, match="one device"):
+        forward(recon_x, x.to("meta"), mu, logvar, *none5, 0, 2, 2, 0.0, 0)
+    meta = [t.to("meta") for t in (recon_x, x, mu, logvar)]
+    with pytest.raises(ValueError, match="batch dimension"):
+        forward(meta[0][0, 0], meta[1][0, 0], meta[2], meta[3], *none5, 0, 2, 2, 0.0, 0)
+    with pytest.raises(ValueError, match="same shape"):
+        forward(meta[0], meta[1][:, :5], meta[2], meta[3], *none5, 0, 2, 2, 0.0, 0)
+    assert forward(*meta, *none5, 0, 2, 2, 0.0, 0)[0].shape == ()
+    with pytest.raises(ValueError, match="recon mode"):
+        torch.ops.vae_fused.reference_terms(recon_x, x, mu, logvar, *none5, 99, 2, 2, 0.0)
+
+
+@pytest.mark.parametrize("op", ["scale_gradient", "scale_gradient_"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("upstream", [(2,), (10,), (1, 4)], ids=str)
+def test_scale_gradient_rejects_upstream_of_the_wrong_size(op, dtype, upstream):
+    # the kernels read one factor per row: a short upstream read past its end
+    grad = torch.randn(4000, 4) if upstream == (2,) else torch.randn(4, 4)
+    before = grad.clone()
+    args = (grad, torch.ones(upstream), 0.5) + ((dtype,) if op == "scale_gradient" else ())
+    if op == "scale_gradient_" and dtype != torch.float32:
+        pytest.skip("in place keeps the gradient's dtype")
+    with pytest.raises(ValueError, match="one value per sample"):
+        getattr(torch.ops.vae_fused, op)(*args)
+    assert torch.equal(grad, before)
+
+
+@pytest.mark.parametrize("fn", IMPLEMENTATIONS)
+def test_negative_beta_parameter(fn):
+    raises_and_leaves_inputs(fn, make_inputs(), {"beta": torch.nn.Parameter(torch.tensor(-1.0))},
+                              ValueError, "beta")
+
+
+@pytest.mark.parametrize("fn", IMPLEMENTATIONS)
+@pytest.mark.parametrize("kind", ["sparse", "nested"])
+def test_sparse_and_nested_tensors_are_type_errors(fn, kind):
+    recon_x, x, mu, logvar = make_inputs((2, 6), (2, 3))
+    if kind == "sparse":
+        raises_and_leaves_inputs(fn, (recon_x, x, mu.to_sparse(), logvar), {}, TypeError, "mu", "dense",
+                                  "sparse")
+    else:  # (assert_close cannot compare nested tensors: no check of the inputs here)
+        nested = torch.nested.nested_tensor([recon_x[0], recon_x[1]])
+        with pytest.raises(TypeError, match="recon_x must be a dense tensor, got a nested tensor"):
+            fn(nested, nested, mu, logvar)
 
 
 @pytest.mark.parametrize("cap", ["default", "avx2", "avx512"])

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 import vae_fused
 from .helpers import (LOW_PRECISION, RECON_MODES, REDUCTIONS, check_low_precision, kl_elements_closed,
-                      recon_elements_f, reduce_as)
+                      kl_term_oracle, recon_elements_f, reduce_as)
 
 hypothesis = pytest.importorskip("hypothesis")
 from hypothesis import HealthCheck, assume, given, settings  # noqa: E402
@@ -69,14 +69,7 @@ def _recon_elements(recon_x, x, recon):
 
 def _oracle_terms(recon_x, x, mu, logvar, reduction, kl_reduction, recon, free_bits):
     r = reduce_as(_recon_elements(recon_x, x, recon), reduction)
-    kl = kl_elements_closed(mu, logvar)
-    if free_bits <= 0:
-        return r, reduce_as(kl, kl_reduction)
-    # free bits (helpers.kl_term_oracle): sum_j max(lambda, mean_i kl_ij); NaN for an empty batch
-    rows = kl.reshape(kl.shape[0], math.prod(kl.shape[1:]))
-    floored = rows.mean(dim=0).clamp_min(free_bits).sum()
-    k = {"batchmean": floored, "sum": floored * rows.shape[0], "mean": floored / rows.shape[1]}[kl_reduction]
-    return r, k
+    return r, kl_term_oracle(mu, logvar, kl_reduction, free_bits)
 
 
 # ---------------------------------------------------------------------------

@@ -46,6 +46,23 @@ def test_gradient_penalty_matches_functional(recon):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
 
 
+@pytest.mark.parametrize("wants", [(0,), (1,), (0, 1), (2,), (3,), (2, 3)],
+                         ids=["recon_x", "x", "recon_x+x", "mu", "logvar", "mu+logvar"])
+def test_gradgradcheck_with_one_side_constant(wants):
+    # Only the reconstruction side, or only the latent side, requires grad: the
+    # other term has no graph, and create_graph must still work.
+    inputs = [t.detach().requires_grad_(i in wants) for i, t in enumerate(_inputs("bce", seed=4))]
+    chosen = [inputs[i] for i in wants]
+
+    def fn(*leaves):
+        args = list(inputs)
+        for i, leaf in zip(wants, leaves):
+            args[i] = leaf
+        return vae_fused.vae_loss(*args, beta=0.7)
+
+    assert torch.autograd.gradgradcheck(fn, chosen)
+
+
 def test_first_order_path_keeps_no_graph_of_its_own():
     # without create_graph the returned gradients are plain tensors (no grad_fn)
     inputs = _inputs("bce")

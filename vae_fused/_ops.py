@@ -79,7 +79,9 @@ def _check_beta(beta) -> None:
             )
         # Reading the value is free for a CPU tensor outside tracing; on CUDA it
         # would be a host sync, so a CUDA beta is taken as given.
-        if beta.device.type == "cpu" and not torch.compiler.is_compiling() and type(beta) is torch.Tensor:
+        # (Plain tensors and parameters only: a subclass may do more than compare.)
+        if beta.device.type == "cpu" and not torch.compiler.is_compiling() and \
+                type(beta) in (torch.Tensor, torch.nn.Parameter):
             if bool(beta < 0) or bool(torch.isnan(beta)):
                 raise ValueError(f"vae_fused: beta must be >= 0, got {beta.item()}")
     elif isinstance(beta, (int, float)) and not isinstance(beta, bool):
@@ -190,8 +192,10 @@ def _extra_grad_shape(extra: torch.Tensor, target: torch.Tensor, prior: bool, fr
 @torch.library.register_fake("vae_fused::vae_loss")
 def _vae_loss_fake(recon_x, x, mu, logvar, prior_mu, prior_logvar, recon_logvar, recon_offset, weight,
                    recon_mode, reduction, kl_reduction, free_bits):
-    torch._check(recon_x.shape == x.shape, lambda: "recon_x and x must have the same shape")
-    torch._check(mu.shape == logvar.shape, lambda: "mu and logvar must have the same shape")
+    # The C++ checks run on fake and meta tensors too: the same errors as the
+    # real kernels (also for a CPU call with one meta input, which lands here).
+    check_inputs_op(recon_x, x, mu, logvar, prior_mu, prior_logvar, recon_logvar, recon_offset, weight,
+                    recon_mode, reduction, kl_reduction, free_bits)
     latent = torch.promote_types(mu.dtype, logvar.dtype)
     return _term_like(recon_x, reduction, recon_x.dtype), _term_like(mu, kl_reduction, latent)
 
@@ -230,6 +234,9 @@ def _reference_terms(recon_x, x, mu, logvar, prior_mu, prior_logvar, recon_logva
                      recon_mode, reduction, kl_reduction, free_bits):
     from . import reference
 
+    # Its codes are checked before they are mapped to the reference's names.
+    check_inputs_op(recon_x, x, mu, logvar, prior_mu, prior_logvar, recon_logvar, recon_offset, weight,
+                    recon_mode, reduction, kl_reduction, free_bits)
     extras = dict(prior_mu=prior_mu, prior_logvar=prior_logvar, recon_logvar=recon_logvar,
                   recon_offset=recon_offset, weight=weight)
     terms = reference.vae_loss_terms(

@@ -34,6 +34,25 @@ def cb_log_norm(p: torch.Tensor) -> torch.Tensor:
     return math.log(2) + torch.where(inside, series, closed)
 
 
+def _clamped_log_ratio(p: torch.Tensor) -> torch.Tensor:
+    """log(1-p) - log p, each log clamped at -100 as in the BCE loss."""
+    return torch.log1p(-p).clamp(min=-100) - torch.log(p).clamp(min=-100)
+
+
+def _bce(p: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """F.binary_cross_entropy, with API.md's gradient in the target: the clamped
+    log ratio above, finite at p = 0 and 1 (F's is -logit(p), +-inf there). The
+    added term is an exact 0 whose t-gradient is that ratio; it also carries the
+    mixed second derivative. (p is in [0, 1]: F raises otherwise.)"""
+    if not t.requires_grad:
+        return F.binary_cross_entropy(p, t, reduction="none")
+    inside = (p > 0) & (p < 1)
+    # The ratio's own gradient at p = 0 or 1 would be 0 * inf: those lanes take it detached.
+    ratio = torch.where(inside, _clamped_log_ratio(torch.where(inside, p, 0.5)),
+                        _clamped_log_ratio(p.detach()))
+    return F.binary_cross_entropy(p, t.detach(), reduction="none") + (t - t.detach()) * ratio
+
+
 def _compute_dtype(t: torch.Tensor) -> torch.dtype:
     """The dtype a term is computed in: float32 for half inputs, else the input's."""
     return torch.float32 if t.dtype in _HALF_TYPES else t.dtype
@@ -49,7 +68,7 @@ def recon_elements(recon_x: torch.Tensor, x: torch.Tensor, recon: str, recon_log
     recon_x = recon_x.to(dtype)
     x = x.to(dtype)
     if recon == "bce":
-        loss = F.binary_cross_entropy(recon_x, x, reduction="none")
+        loss = _bce(recon_x, x)
     elif recon == "bce_logits":
         loss = F.binary_cross_entropy_with_logits(recon_x, x, reduction="none")
     elif recon == "mse":
@@ -57,7 +76,7 @@ def recon_elements(recon_x: torch.Tensor, x: torch.Tensor, recon: str, recon_log
     elif recon == "l1":
         loss = F.l1_loss(recon_x, x, reduction="none")  # gradient sign(p - t), 0 at a tie
     elif recon == "cbce":
-        loss = F.binary_cross_entropy(recon_x, x, reduction="none") - cb_log_norm(recon_x)
+        loss = _bce(recon_x, x) - cb_log_norm(recon_x)
     else:
         raise ValueError(recon)
     if recon_offset is not None:
@@ -116,8 +135,8 @@ def _kl_term(mu, logvar, kl_reduction: str, free_bits: float, prior_mu=None, pri
     per_sample = _per_sample(kl)
     # Kingma et al. 2016: a floor of free_bits nats on each unit's batch mean.
     floored = per_sample.mean(dim=0).clamp_min(free_bits).sum()
-    if kl_reduction == "sum":
-        return floored * per_sample.shape[0]
+    if kl_reduction == "sum":  # an empty batch sums to 0 (its unit means are NaN)
+        return floored * per_sample.shape[0] if per_sample.shape[0] else per_sample.sum()
     if kl_reduction == "mean":
         return floored / per_sample.shape[1]
     return floored  # "batchmean"

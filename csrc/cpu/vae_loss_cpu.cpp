@@ -183,7 +183,8 @@ void run_term(const TermPlan& plan, std::vector<at::Tensor>& grads, at::Tensor& 
     } else if (extra.grad == ExtraGrad::kPerFeature) {
       std::vector<int64_t> shape(plan.a.sizes().begin(), plan.a.sizes().end());
       shape[0] = 1;
-      grads[extra.index] = at::empty(shape, plan.acc_options);
+      // The pass writes every column, but with no rows it does not run.
+      grads[extra.index] = tasks > 0 ? at::empty(shape, plan.acc_options) : at::zeros(shape, plan.acc_options);
       pass.extra_column_sums[k] = grads[extra.index].data_ptr();
     } else if (extra.grad == ExtraGrad::kPerElement) {
       grads[extra.index] = empty_gradient(plan.a, plan.acc_options.dtype().toScalarType());

@@ -119,7 +119,8 @@ struct ForwardRunner {
     f.free_bits = plan.free_bits;
     const auto doubles = plan.a.options().dtype(at::kDouble);
     at::Tensor columns = at::empty({free_bits_chunks(plan.rows) * plan.cols}, doubles);
-    at::Tensor blocks = at::empty({ceil_div(plan.cols, kThreads)}, doubles);
+    // One block per kThreads columns, and one even with no columns (it writes the 0 term).
+    at::Tensor blocks = at::empty({std::max<int64_t>(1, ceil_div(plan.cols, kThreads))}, doubles);
     at::Tensor keep = at::empty({plan.cols}, plan.a.options().dtype(at::kByte));
     at::Tensor ticket = at::zeros({1}, plan.a.options().dtype(at::kInt));
     f.column_partials = columns.data_ptr<double>();

@@ -235,7 +235,7 @@ struct FreeBitsArgs {
   double* block_partials = nullptr;   // ceil_div(cols, kThreads)
   unsigned int* ticket = nullptr;
   void* value = nullptr;              // the KL term, ()
-  void* grads[4] = {nullptr, nullptr, nullptr, nullptr};  // mu, logvar (T); prior_mu, prior_logvar (acc)
+  void* grads[4] = {nullptr, nullptr, nullptr, nullptr};  // mu, logvar, prior_mu, prior_logvar (all acc)
 };
 
 // (1): column j's sum over the rows of chunk c, in row order.
@@ -267,14 +267,13 @@ C10_HOST_DEVICE void free_bits_finish(const FreeBitsArgs& f, double floored_sum)
   *static_cast<S*>(f.value) = static_cast<S>(free_bits_term(f.reduction, floored_sum, f.rows, f.cols));
 }
 
-// (3): element i of the (rows x cols) gradients.
-template <typename T, typename S>
+// (3): element i of the (rows x cols) gradients, which are in the
+// accumulation type S whatever the inputs' dtype (a half input's gradient is
+// rounded to its dtype only when the backward scales it).
+template <typename S>
 C10_HOST_DEVICE void free_bits_mask(const FreeBitsArgs& f, int64_t i) {
   if (f.keep[i % f.cols]) return;
-  for (int k = 0; k < 2; ++k) {
-    if (f.grads[k] != nullptr) static_cast<T*>(f.grads[k])[i] = T(0);
-  }
-  for (int k = 2; k < 4; ++k) {
+  for (int k = 0; k < 4; ++k) {
     if (f.grads[k] != nullptr) static_cast<S*>(f.grads[k])[i] = S(0);
   }
 }

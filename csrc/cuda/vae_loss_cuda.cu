@@ -146,9 +146,15 @@ __global__ void __launch_bounds__(kThreads) term_kernel(const TermArgs args) {
   if (threadIdx.x == 0) finish_term<S>(args, total);
 }
 
+// gridDim.y is capped at 65535, fewer than the row chunks of a batch above
+// 67M rows: each block row then walks several chunks.
+constexpr int64_t kMaxGridY = 65535;
+
 template <typename S>
 __global__ void __launch_bounds__(kThreads) free_bits_columns_kernel(const FreeBitsArgs f) {
-  free_bits_column_partial<S, DeviceIo>(f, blockIdx.y, static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x);
+  const int64_t chunks = free_bits_chunks(f.rows);
+  const int64_t j = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
+  for (int64_t c = blockIdx.y; c < chunks; c += gridDim.y) free_bits_column_partial<S, DeviceIo>(f, c, j);
 }
 
 template <typename S>
@@ -165,12 +171,12 @@ __global__ void __launch_bounds__(kThreads) free_bits_units_kernel(const FreeBit
   if (threadIdx.x == 0) free_bits_finish<S>(f, total);
 }
 
-template <typename T, typename S>
+template <typename S>
 __global__ void __launch_bounds__(kThreads) free_bits_mask_kernel(const FreeBitsArgs f) {
   const int64_t n = f.rows * f.cols;
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x; i < n;
        i += static_cast<int64_t>(gridDim.x) * kThreads) {
-    free_bits_mask<T, S>(f, i);
+    free_bits_mask<S>(f, i);
   }
 }
 
@@ -232,12 +238,12 @@ struct DeviceBackend {
   template <typename T, typename S>
   void free_bits(const FreeBitsArgs& f) {
     const unsigned int column_blocks = static_cast<unsigned int>(std::max<int64_t>(1, ceil_div(f.cols, kThreads)));
-    free_bits_columns_kernel<S><<<dim3(column_blocks, static_cast<unsigned int>(free_bits_chunks(f.rows))), kThreads, 0,
-                                  stream>>>(f);
+    const auto row_blocks = static_cast<unsigned int>(std::min(free_bits_chunks(f.rows), kMaxGridY));
+    free_bits_columns_kernel<S><<<dim3(column_blocks, row_blocks), kThreads, 0, stream>>>(f);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     free_bits_units_kernel<S><<<column_blocks, kThreads, 0, stream>>>(f);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
-    auto mask = free_bits_mask_kernel<T, S>;
+    auto mask = free_bits_mask_kernel<S>;
     mask<<<grid_for(mask, ceil_div(f.rows * f.cols, kThreads)), kThreads, 0, stream>>>(f);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
