@@ -119,8 +119,11 @@ def op_label(op: str) -> str:
 
 PROFILE_NOTE = (
     "torch.profiler, self time per step (time in the op itself, not in the ops it calls). "
-    "The fused kernel runs inside the autograd node torch.library wraps around "
-    "`vae_fused::vae_loss_forward`, so its time is listed under `GeneratedBackwardFor_…`; "
+    "The fused kernel (the terms and the element gradients, in one pass) runs in "
+    "`vae_fused::vae_loss_forward`, which the C++ Autograd kernel of `vae_fused::vae_loss` "
+    "calls once in the forward, so its time is listed under `vae_fused::vae_loss_forward`; "
+    "the backward node (`torch::autograd::CppNode<…VaeLossFunction>`) only applies the "
+    "upstream gradient to the saved gradients; "
     "compiled graphs are listed by inductor's name for them.")
 
 
