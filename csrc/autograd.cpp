@@ -228,7 +228,9 @@ class VaeLossFunction : public torch::autograd::Function<VaeLossFunction> {
     std::vector<int> slots;
     // A term none of whose inputs requires grad has no graph to differentiate
     // (autograd::grad would reject it): its upstream gradient reaches nothing.
-    if (grad_recon.defined() && recon_term.requires_grad()) outputs.push_back(recon_term), upstream.push_back(grad_recon);
+    if (grad_recon.defined() && recon_term.requires_grad()) {
+      outputs.push_back(recon_term), upstream.push_back(grad_recon);
+    }
     if (grad_kl.defined() && kl_term.requires_grad()) outputs.push_back(kl_term), upstream.push_back(grad_kl);
     for (int i = 0; i < kWeight; ++i) {
       if (needs_grad(ctx, tensors, i)) wrt.push_back(tensors[i]), slots.push_back(i);
@@ -268,9 +270,9 @@ Terms vae_loss_autograd(VAE_FUSED_LOSS_PARAMS) {
   return {terms[0], terms[1]};
 }
 
-// Below autograd (no gradient wanted): the terms alone.
-// Reached without the autograd kernel (inference_mode, inference tensors), so
-// it checks the inputs itself.
+// Below autograd (no gradient wanted): the terms alone. Reached without the
+// autograd kernel (inference_mode, inference tensors), so it checks the inputs
+// itself.
 Terms vae_loss_without_grad(VAE_FUSED_LOSS_PARAMS) {
   const LossInputs in{recon_x, x, mu, logvar, prior_mu, prior_logvar, recon_logvar,
                       recon_offset, weight};

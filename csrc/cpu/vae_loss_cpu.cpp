@@ -184,7 +184,8 @@ void run_term(const TermPlan& plan, std::vector<at::Tensor>& grads, at::Tensor& 
       std::vector<int64_t> shape(plan.a.sizes().begin(), plan.a.sizes().end());
       shape[0] = 1;
       // The pass writes every column, but with no rows it does not run.
-      grads[extra.index] = tasks > 0 ? at::empty(shape, plan.acc_options) : at::zeros(shape, plan.acc_options);
+      grads[extra.index] =
+          tasks > 0 ? at::empty(shape, plan.acc_options) : at::zeros(shape, plan.acc_options);
       pass.extra_column_sums[k] = grads[extra.index].data_ptr();
     } else if (extra.grad == ExtraGrad::kPerElement) {
       grads[extra.index] = empty_gradient(plan.a, plan.acc_options.dtype().toScalarType());

@@ -232,7 +232,7 @@ struct FreeBitsArgs {
   double free_bits = 0.0;
   double* column_partials = nullptr;  // free_bits_chunks(rows) x cols
   unsigned char* keep = nullptr;      // cols
-  double* block_partials = nullptr;   // ceil_div(cols, kThreads)
+  double* block_partials = nullptr;   // max(1, ceil_div(cols, kThreads))
   unsigned int* ticket = nullptr;
   void* value = nullptr;              // the KL term, ()
   void* grads[4] = {nullptr, nullptr, nullptr, nullptr};  // mu, logvar, prior_mu, prior_logvar (all acc)
