@@ -285,6 +285,19 @@ def test_free_bits(reduction, lam):
                                    * torch.ones((), dtype=torch.float64), rtol=1e-15, atol=0)
 
 
+@pytest.mark.parametrize("fn", [vae_fused.vae_loss, vae_fused.reference.vae_loss], ids=["fused", "reference"])
+def test_free_bits_unit_exactly_at_the_floor_keeps_its_gradient(fn):
+    # Only units *below* the floor lose their gradient (as torch's clamp_min:
+    # its gradient passes at equality). Unit 0's KL is 0.5 mu^2 = 0.5 exactly
+    # in every row (logvar 0), so its batch mean is exactly the floor.
+    recon_x, x, _, _ = make_inputs((4, 6), (4, 3))
+    mu = torch.tensor([[1.0, 0.1, 2.0]] * 4, dtype=torch.float64, requires_grad=True)
+    logvar = torch.zeros(4, 3, dtype=torch.float64, requires_grad=True)
+    (g_mu,) = torch.autograd.grad(fn(recon_x, x, mu, logvar, free_bits=0.5, reduction="batchmean"), [mu])
+    torch.testing.assert_close(g_mu[:, 0], torch.full((4,), 0.25, dtype=torch.float64), rtol=0, atol=0)
+    assert (g_mu[:, 1] == 0).all() and (g_mu[:, 2] == 0.5).all()  # under the floor; above it
+
+
 def test_free_bits_zero_is_plain_kl_and_float32():
     inputs = _free_bits_inputs()
     plain = vae_fused.vae_loss(*inputs, reduction="batchmean")

@@ -134,7 +134,10 @@ def _kl_term(mu, logvar, kl_reduction: str, free_bits: float, prior_mu=None, pri
         return _reduce(kl, kl_reduction)
     per_sample = _per_sample(kl)
     # Kingma et al. 2016: a floor of free_bits nats on each unit's batch mean.
-    floored = per_sample.mean(dim=0).clamp_min(free_bits).sum()
+    # Only units strictly below it lose their gradient (clamp_min's gradient
+    # is 0 at equality too); a NaN mean is not below it.
+    means = per_sample.mean(dim=0)
+    floored = torch.where(means < free_bits, free_bits, means).sum()
     if kl_reduction == "sum":  # an empty batch sums to 0 (its unit means are NaN)
         return floored * per_sample.shape[0] if per_sample.shape[0] else per_sample.sum()
     if kl_reduction == "mean":
