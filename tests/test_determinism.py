@@ -102,6 +102,22 @@ def test_shared_extras_summed_in_the_pass_are_bit_identical_and_right(restore_th
 
 
 @pytest.mark.parametrize("cap", ["default", "avx2", "avx512"])
+@pytest.mark.parametrize("reduction", ["sum", "none"])
+def test_row_folds_its_chunk_partials_in_order(monkeypatch, cap, reduction):
+    # The fold order is fixed (what makes the bits independent of threads): a
+    # row's 2048-column chunk sums are added first to last. Chunk 0 sums to
+    # 2^53, chunks 1 and 2 to 1 each: in order, 2^53 + 1 + 1 rounds to 2^53
+    # twice; any other order gives 2^53 + 2.
+    use_kernel_build(monkeypatch, cap)
+    p = torch.zeros(1, 3 * 2048, dtype=torch.float64)
+    p[0, :2] = 2.0 ** 26
+    p[0, 2048] = p[0, 4096] = 1.0
+    mu = torch.zeros(1, 2, dtype=torch.float64)
+    got = vae_fused.vae_loss(p, torch.zeros_like(p), mu, mu, recon="mse", reduction=reduction)
+    assert got.reshape(()).item() == 2.0 ** 53
+
+
+@pytest.mark.parametrize("cap", ["default", "avx2", "avx512"])
 def test_capability_is_reported_capped(monkeypatch, cap):
     """VAE_FUSED_CPU_CAPABILITY (read on every call) picks the kernel build;
     cpu_capability() says which one runs: the requested one, capped by what
