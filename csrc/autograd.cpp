@@ -231,7 +231,9 @@ class VaeLossFunction : public torch::autograd::Function<VaeLossFunction> {
     if (grad_recon.defined() && recon_term.requires_grad()) {
       outputs.push_back(recon_term), upstream.push_back(grad_recon);
     }
-    if (grad_kl.defined() && kl_term.requires_grad()) outputs.push_back(kl_term), upstream.push_back(grad_kl);
+    if (grad_kl.defined() && kl_term.requires_grad()) {
+      outputs.push_back(kl_term), upstream.push_back(grad_kl);
+    }
     for (int i = 0; i < kWeight; ++i) {
       if (needs_grad(ctx, tensors, i)) wrt.push_back(tensors[i]), slots.push_back(i);
     }

@@ -200,7 +200,10 @@ def kl_term_oracle(mu, logvar, kl_reduction, free_bits=0.0):
     if free_bits <= 0:
         return reduce_as(kl, kl_reduction)
     rows = kl.reshape(kl.shape[0], math.prod(kl.shape[1:]))
-    floored = rows.mean(dim=0).clamp_min(free_bits).sum()  # Kingma et al. 2016
+    # Kingma et al. 2016; only units strictly below the floor lose their
+    # gradient (API.md), which clamp_min does not give at equality
+    means = rows.mean(dim=0)
+    floored = torch.where(means < free_bits, free_bits, means).sum()
     # an empty batch: the unit means are 0/0, but "sum" sums over no samples (API.md: 0)
     total = floored * rows.shape[0] if rows.shape[0] else rows.sum()
     return {"batchmean": floored, "sum": total, "mean": floored / rows.shape[1]}[kl_reduction]
