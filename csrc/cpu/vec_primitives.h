@@ -88,7 +88,25 @@ inline at::vec::Vectorized<S> vselect(const at::vec::Vectorized<S>& mask,
   return at::vec::Vectorized<S>::blendv(b, a, mask);
 }
 
+template <typename S>
+inline at::vec::Vectorized<S> vzero_if(const at::vec::Vectorized<S>& mask,
+                                       const at::vec::Vectorized<S>& a) {
+  return at::vec::Vectorized<S>::blendv(a, at::vec::Vectorized<S>(0), mask);
+}
+#if defined(CPU_CAPABILITY_AVX2)
+// The mask's lanes are all-ones or all-zeros: a & ~mask. (GCC 12 turns a
+// compare mask that feeds two blends into a sign test first, one more
+// operation a vector in the binary-target BCE.)
+inline at::vec::Vectorized<float> vzero_if(const at::vec::Vectorized<float>& mask,
+                                           const at::vec::Vectorized<float>& a) {
+  return _mm256_andnot_ps(mask, a);
+}
+#endif
+
 #if defined(CPU_CAPABILITY_AVX512)
+inline at::vec::Vectorized<float> vzero_if(__mmask16 mask, const at::vec::Vectorized<float>& a) {
+  return _mm512_maskz_mov_ps(static_cast<__mmask16>(~mask), a);
+}
 // select on an AVX-512 mask register (one instruction; the lane-vector form
 // above converts the mask back first).
 inline at::vec::Vectorized<float> vselect(__mmask16 mask, const at::vec::Vectorized<float>& a,

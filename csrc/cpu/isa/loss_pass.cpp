@@ -178,9 +178,12 @@ double lane_sum(const Vectorized<S>& v) {
   return s;
 }
 
-// Whether any element a pass read lies outside [0, 1] or is NaN (BCE's input
-// check, raised after the pass). Generic lanes: running min/max that
-// propagate NaN, checked once per task.
+// Whether an element a pass read may lie outside [0, 1] or be NaN (BCE's
+// input check, raised after the pass). A running summary per task, checked
+// once per task; where it alarms, the task's elements are checked exactly
+// (outside_unit_interval below) before anything is raised, so a summary may
+// alarm falsely on valid input, never miss an invalid element.
+// Generic lanes: running min/max that propagate NaN (exact).
 template <typename Vec>
 struct UnitRange {
   Vec lo = Vec(0), hi = Vec(0);
@@ -188,7 +191,7 @@ struct UnitRange {
     lo = at::vec::minimum(lo, at::vec::minimum(x, y));
     hi = at::vec::maximum(hi, at::vec::maximum(x, y));
   }
-  bool outside() const {
+  bool alarm() const {
     using S = typename Vec::value_type;
     __at_align__ S l[Vec::size()];
     __at_align__ S h[Vec::size()];
@@ -201,21 +204,38 @@ struct UnitRange {
   }
 };
 #if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
-// float lanes: x + 0 turns -0 into +0, and then x is in [0, 1] exactly when
-// its bits, read as an unsigned integer, are at most those of 1.0 (a negative
-// number, NaN or anything above 1 has more). One running unsigned max: two
-// operations a vector, where the NaN-propagating min and max took eight.
+// float lanes: x is in [0, 1] or -0 exactly when its bits, read as an
+// unsigned integer, are at most those of 1.0 or are those of -0 (a negative
+// number, NaN or anything above 1 has more): one running unsigned max, one
+// operation a vector (the NaN-propagating min and max take four). Only -0
+// alarms falsely; the exact check then clears it.
 template <>
 struct UnitRange<Vectorized<float>> {
   using L = vec_math_detail::NativeLanes;
   L::I top = L::seti(0);
   void add(const Vectorized<float>& x, const Vectorized<float>& y) {
-    const L::F zero = L::set(0.0f);
-    top = L::umax(top, L::umax(L::as_int(L::add(x, zero)), L::as_int(L::add(y, zero))));
+    top = L::umax(top, L::umax(L::as_int(x), L::as_int(y)));
   }
-  bool outside() const { return L::any_above(top, 0x3f800000u); }  // the bits of 1.0
+  bool alarm() const { return L::any_above(top, 0x3f800000u); }  // the bits of 1.0
 };
 #endif
+
+// Whether any of n elements lies outside [0, 1] or is NaN: the exact check
+// behind an alarm of UnitRange.
+template <typename T>
+bool outside_unit_interval(const T* p, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) {
+    const float v = static_cast<float>(p[i]);
+    if (!(v >= 0.0f && v <= 1.0f)) return true;
+  }
+  return false;
+}
+inline bool outside_unit_interval(const double* p, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) {
+    if (!(p[i] >= 0.0 && p[i] <= 1.0)) return true;
+  }
+  return false;
+}
 
 // Keeps the first n lanes of a block (lo, hi), zeroing the padding lanes.
 template <bool kFull = false, typename Vec>
@@ -443,8 +463,9 @@ int term_pass(const TermPass& args) {
       }
       if constexpr (Rule::kChecksUnitRange) {
         int bits = 0;
-        if (a_range.outside()) bits |= kInputOutOfRange;
-        if (b_range.outside()) bits |= kTargetOutOfRange;
+        const int64_t first = base + col_begin, count = col_end - col_begin;
+        if (a_range.alarm() && outside_unit_interval(a + first, count)) bits |= kInputOutOfRange;
+        if (b_range.alarm() && outside_unit_interval(b + first, count)) bits |= kTargetOutOfRange;
         if (bits != 0) range_bits.fetch_or(bits, std::memory_order_relaxed);
       }
     };
