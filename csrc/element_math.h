@@ -270,15 +270,17 @@ VAE_FUSED_HD void recon_value_and_grad(V p, V t, V& loss, V& d_input, V& d_targe
 
 // BCE on binary targets: where t is exactly 0 or 1 the loss needs one log,
 // -max(log(t ? p : 1 - p), -100), the same value bce_value_and_grad gives
-// (its other product is an exact zero). `t_is_one` is the comparison t == 1.
+// (its other product is an exact zero). Gives the log-likelihood
+// max(log(...), -100), the loss negated (exactly), which a sum can subtract
+// instead of paying a negation. `t_is_one` is the comparison t == 1.
 template <typename V, typename M>
-VAE_FUSED_HD void bce_binary_target_value_and_grad(V p, V t, M t_is_one, V& loss, V& d_input) {
+VAE_FUSED_HD void bce_binary_target_log_likelihood_and_grad(V p, V t, M t_is_one, V& log_likelihood,
+                                                           V& d_input) {
   const V one(1);
   const V u = one - p;
   // log1m's rounding correction, kept only where the log is of 1 - p.
   const V correction = vzero_if(t_is_one, ((one - u) - p) * (V(2) - u));
-  const V log_q = vmax(vlog_unit_interval(vselect(t_is_one, p, u)) + correction, V(kLogClamp));
-  loss = V(0) - log_q;
+  log_likelihood = vmax(vlog_unit_interval(vselect(t_is_one, p, u)) + correction, V(kLogClamp));
   d_input = vdiv(p - t, vmax(u * p, V(kBceGradEps)));
 }
 

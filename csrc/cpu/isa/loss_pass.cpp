@@ -128,12 +128,17 @@ struct ReconRule {
     with_extras(e, value, d_a, d_b, d_extra);
   }
   // A block whose targets are all exactly 0 or 1 (b's gradient not wanted):
-  // one log per element instead of two, the same values.
+  // one log per element instead of two, the same values. Without extras the
+  // value comes negated (kBinaryValueNegated): the pass subtracts it.
+  static constexpr bool kBinaryValueNegated = !kWithExtras;
   template <typename S, typename V, typename M>
   static void apply_binary(V a, V b, M b_is_one, const Extras<V>& e, V& value, V& d_a, V* d_extra) {
-    bce_binary_target_value_and_grad(a, b, b_is_one, value, d_a);
-    V unused(0);
-    with_extras(e, value, d_a, unused, d_extra);
+    bce_binary_target_log_likelihood_and_grad(a, b, b_is_one, value, d_a);
+    if constexpr (kWithExtras) {
+      value = V(0) - value;
+      V unused(0);
+      with_extras(e, value, d_a, unused, d_extra);
+    }
   }
 
  private:
@@ -153,6 +158,7 @@ struct KlRule {
   static constexpr bool kChecksUnitRange = false;
   static constexpr bool kNeedsInvScale = false;
   static constexpr bool kHasBinaryTargetPath = false;
+  static constexpr bool kBinaryValueNegated = false;
 
   template <typename S, typename V>
   static void apply(V mu, V logvar, const Extras<V>& e, V& value, V& d_mu, V& d_logvar,
@@ -421,9 +427,19 @@ int term_pass(const TermPass& args) {
         // Padding lanes are zeros, whose loss need not be zero (log 2 for
         // logits): keep only the n real lanes.
         keep_lanes<kFull>(n, v_lo, v_hi);
-        acc_lo = acc_lo + v_lo;
-        acc_hi = acc_hi + v_hi;
-        if (values != nullptr) BAcc::template store<kFull>(values + at, n, v_lo, v_hi, stream);
+        if (Rule::kBinaryValueNegated && binary) {
+          // acc - v is acc + (-v) bit for bit: acc starts at +0 and a sum
+          // from +0 never becomes -0, the one case the two could differ.
+          acc_lo = acc_lo - v_lo;
+          acc_hi = acc_hi - v_hi;
+          if (values != nullptr) {
+            BAcc::template store<kFull>(values + at, n, Vec(0) - v_lo, Vec(0) - v_hi, stream);
+          }
+        } else {
+          acc_lo = acc_lo + v_lo;
+          acc_hi = acc_hi + v_hi;
+          if (values != nullptr) BAcc::template store<kFull>(values + at, n, v_lo, v_hi, stream);
+        }
         if constexpr (Rule::kChecksUnitRange) {
           // Zero padding lies inside [0, 1], so it never raises a false alarm.
           a_range.add(a_lo, a_hi);
