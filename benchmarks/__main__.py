@@ -25,7 +25,8 @@ import torch
 
 from benchmarks import cases, machine, report
 from benchmarks.plan import build_plan, comma_list, loss_candidates, pick_devices
-from benchmarks.runner import Settings, progress_bar, run_case, run_end_to_end, run_profiles
+from benchmarks.runner import (Settings, progress_bar, run_case, run_end_to_end, run_paired,
+                               run_profiles)
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -92,12 +93,15 @@ def main(argv=None):
     # the end-to-end row is a training step of the pytorch/examples loss
     training = "fwdbwd" in comma_list(args.passes, cases.PASSES, "pass") and args.family != "only"
     rows = []
-    bar = progress_bar(len(plan) + 2)
+    bar = progress_bar(len(plan) + 3)
     for case in plan:
         bar.set_description(f"{case.device} {report.dtype_name(case.dtype)} {case.pass_name} "
                             f"{case.recon} {case.shape.name}")
         rows += run_case(case, settings)
         bar.update()
+    bar.set_description("binary vs continuous, alternated")
+    rows += run_paired(plan, settings)
+    bar.update()
     bar.set_description("profiles")
     profiles = run_profiles(devices, losses, plan)
     bar.update()

@@ -81,6 +81,19 @@ class Results:
         twin = cases.BINARY_OF.get(key[3])
         return self.ms(key if twin is None else key[:3] + (twin,), "-", "floor")
 
+    def paired_ratios(self, key, recon="bce"):
+        """binary / continuous time of the fused op, one per round of the
+        alternated measurement (runner.run_paired) of this binary-target case;
+        [] when it was not run."""
+        twin = key[:3] + (cases.BINARY_OF[key[3]],)
+        out = []
+        for i in range(1, cases.PAIRED_ROUNDS + 1):
+            name = cases.paired_candidate(i)
+            ratio_i = ratio(self.ms(key, recon, name), self.ms(twin, recon, name))
+            if ratio_i is not None:
+                out.append(ratio_i)
+        return out
+
     def loss_groups(self, sweep: bool, host: bool = False):
         """[(key, recon)] of cases with loss candidates, in reading order: the
         size sweep's, or the others'; the host-overhead row only if asked."""

@@ -2,6 +2,8 @@
 end-to-end training step, torch.compile's warm-up, memory and page faults."""
 from __future__ import annotations
 
+import statistics
+
 from benchmarks import cases
 from benchmarks.report.fmt import fmt, fmt_bytes, fmt_ms, fmt_us, fmt_x
 from benchmarks.report.rows import BUSY, Results, ratio
@@ -22,9 +24,14 @@ def host_body(res: Results):
 
 
 BINARY_HEAD = ["shape", "device", "dtype", "pass", "eager continuous ms", "eager binary ms",
-               "fused continuous ms", "fused binary ms", "fused binary / continuous"]
+               "fused continuous ms", "fused binary ms", "fused binary / continuous",
+               "alternated: median (range)"]
 BINARY_NOTE = ("BCE with targets exactly 0 or 1 (binarized images) against the same shape with "
-               "targets in [0, 1]; < 1× = the binary targets are cheaper for the fused op.")
+               "targets in [0, 1]; < 1× = the binary targets are cheaper for the fused op. The ms "
+               "columns are the main table's, taken minutes apart; *alternated* times the fused op "
+               f"on the two in {cases.PAIRED_ROUNDS} alternated rounds and gives the median and the "
+               "range of the rounds' ratios, which the target checks (this machine class's memory "
+               "bandwidth drifts between minutes).")
 
 
 def binary_body(res: Results):
@@ -36,8 +43,11 @@ def binary_body(res: Results):
         cont = key[:3] + (twin,)
         eager_c, eager_b = res.ms(cont, recon, "eager"), res.ms(key, recon, "eager")
         fused_c, fused_b = res.ms(cont, recon, "fused"), res.ms(key, recon, "fused")
+        paired = sorted(res.paired_ratios(key, recon))
+        alternated = (f"{fmt_x(statistics.median(paired), 2)} ({fmt_x(paired[0], 2)}–{fmt_x(paired[-1], 2)})"
+                      if paired else "—")
         body.append([twin, key[0], key[1], key[2], fmt_ms(eager_c), fmt_ms(eager_b),
-                     fmt_ms(fused_c), fmt_ms(fused_b), fmt_x(ratio(fused_b, fused_c), 2)])
+                     fmt_ms(fused_c), fmt_ms(fused_b), fmt_x(ratio(fused_b, fused_c), 2), alternated])
     return body
 
 

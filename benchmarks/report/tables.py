@@ -3,6 +3,8 @@ marks on them (busy machine, suspect compiled baseline), the issue's targets
 and the errors."""
 from __future__ import annotations
 
+import statistics
+
 from benchmarks import cases
 from benchmarks.report.fmt import fmt, fmt_ms, fmt_x
 from benchmarks.report.rows import BUSY, Results, ratio
@@ -37,8 +39,8 @@ def comparison_body(res: Results, device: str, sweep: bool = False):
 def busy_mark(res: Results, key, recon) -> str:
     """'⚠ 0.8' when other processes used more than BUSY cores while the
     line's figures were taken (its own case or the floor's)."""
-    values = [r["others_cores"] for (rc, _), r in res.cases[key].items()
-              if rc in (recon, "-") and r.get("others_cores") is not None]
+    values = [r["others_cores"] for (rc, cand), r in res.cases[key].items()
+              if rc in (recon, "-") and not cases.is_paired(cand) and r.get("others_cores") is not None]
     worst = max(values, default=None)
     return f"⚠ {worst:.2f}" if worst is not None and worst > BUSY else ""
 
@@ -114,33 +116,41 @@ TARGETS = [  # (shape, pass, label, figure, comparison, bound)
 
 
 def _figure(res: Results, key, figure):
+    """(value, how it was measured: "" or a note for the target line)."""
     if figure == "vs_continuous":
+        # the alternated rounds where they were run: the table's two rows are
+        # minutes apart, and this machine class's bandwidth drifts
+        paired = res.paired_ratios(key)
+        if paired:
+            faster = sorted(1 / r for r in paired)
+            return (statistics.median(faster),
+                    f" (median of {len(faster)} alternated rounds, {fmt_x(faster[0], 2)}–{fmt_x(faster[-1], 2)})")
         twin = key[:3] + (cases.BINARY_OF[key[3]],)
-        return ratio(res.ms(twin, "bce", "fused"), res.ms(key, "bce", "fused"))
-    return res.compare(key, "bce")[figure]
+        return ratio(res.ms(twin, "bce", "fused"), res.ms(key, "bce", "fused")), ""
+    return res.compare(key, "bce")[figure], ""
 
 
 def targets(res: Results):
-    """[(shape, pass, label, measured, ok, busy mark)] for the targets whose
-    case was run; measured None means a candidate was missing."""
+    """[(shape, pass, label, measured, ok, busy mark, how it was measured)] for
+    the targets whose case was run; measured None means a candidate was missing."""
     out = []
     for shape, pass_name, label, figure, op, bound in TARGETS:
         key = ("cpu", "float32", pass_name, shape.name)
         if key not in res.cases:
             continue
-        value = _figure(res, key, figure)
+        value, how = _figure(res, key, figure)
         ok = value is not None and (value >= bound if op == ">=" else value <= bound)
-        out.append((shape.name, pass_name, label, value, ok, busy_mark(res, key, "bce")))
+        out.append((shape.name, pass_name, label, value, ok, busy_mark(res, key, "bce"), how))
     return out
 
 
 def targets_lines(res: Results):
     lines = []
-    for shape, pass_name, label, value, ok, busy in targets(res):
+    for shape, pass_name, label, value, ok, busy, how in targets(res):
         verdict = "PASS" if ok else ("FAIL" if value is not None else "n/a ")
         noisy = f" ({busy} cores of other work: noisy)" if busy else ""
         lines.append(f"[{verdict}] {shape}, {cases.PASS_NAMES[pass_name]}: {label} — measured "
-                     f"{fmt_x(value, 2)}{noisy}")
+                     f"{fmt_x(value, 2)}{how}{noisy}")
     return lines
 
 
