@@ -210,11 +210,11 @@ struct UnitRange {
   }
 };
 #if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
-// float lanes: x is in [0, 1] or -0 exactly when its bits, read as an
-// unsigned integer, are at most those of 1.0 or are those of -0 (a negative
-// number, NaN or anything above 1 has more): one running unsigned max, one
-// operation a vector (the NaN-propagating min and max take four). Only -0
-// alarms falsely; the exact check then clears it.
+// float lanes: x is in [+0, 1] exactly when its bits, read as an unsigned
+// integer, are at most those of 1.0 (a negative number, NaN or anything above
+// 1 has more): one running unsigned max, one operation a vector (the
+// NaN-propagating min and max take four). -0.0, which BCE accepts, has the
+// sign bit too: the one false alarm, which the exact check clears.
 template <>
 struct UnitRange<Vectorized<float>> {
   using L = vec_math_detail::NativeLanes;
