@@ -227,18 +227,12 @@ struct UnitRange<Vectorized<float>> {
 #endif
 
 // Whether any of n elements lies outside [0, 1] or is NaN: the exact check
-// behind an alarm of UnitRange.
+// behind an alarm of UnitRange. Every input dtype converts to double exactly.
 template <typename T>
 bool outside_unit_interval(const T* p, int64_t n) {
   for (int64_t i = 0; i < n; ++i) {
-    const float v = static_cast<float>(p[i]);
-    if (!(v >= 0.0f && v <= 1.0f)) return true;
-  }
-  return false;
-}
-inline bool outside_unit_interval(const double* p, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) {
-    if (!(p[i] >= 0.0 && p[i] <= 1.0)) return true;
+    const double v = static_cast<double>(p[i]);
+    if (!(v >= 0.0 && v <= 1.0)) return true;
   }
   return false;
 }
