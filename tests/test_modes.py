@@ -298,6 +298,27 @@ def test_free_bits_unit_exactly_at_the_floor_keeps_its_gradient(fn):
     assert (g_mu[:, 1] == 0).all() and (g_mu[:, 2] == 0.5).all()  # under the floor; above it
 
 
+@pytest.mark.parametrize("fn", [vae_fused.vae_loss, vae_fused.reference.vae_loss], ids=["fused", "reference"])
+def test_free_bits_nan_unit_makes_the_loss_nan_and_keeps_its_gradient(fn):
+    # A NaN in mu makes its unit's batch mean NaN: the loss is NaN, and the
+    # unit counts as above the floor (torch.maximum(mean, lam)'s rule; clamp_min
+    # would zero the whole unit's gradient), so its finite elements keep the
+    # plain KL gradient mu / B and the NaN element's is NaN. Other units are
+    # untouched: unit 1 is under the floor, unit 2 above it.
+    recon_x, x, _, _ = make_inputs((4, 6), (4, 3))
+    mu = torch.tensor([[1.0, 0.1, 2.0]] * 4, dtype=torch.float64)
+    mu[2, 0] = float("nan")
+    mu.requires_grad_()
+    logvar = torch.zeros(4, 3, dtype=torch.float64, requires_grad=True)
+    loss = fn(recon_x, x, mu, logvar, free_bits=0.5, reduction="batchmean")
+    assert torch.isnan(loss)
+    g_mu, g_lv = torch.autograd.grad(loss, [mu, logvar])
+    assert torch.isnan(g_mu[2, 0]) and torch.isnan(g_mu).sum() == 1
+    torch.testing.assert_close(g_mu[[0, 1, 3], 0], torch.full((3,), 0.25, dtype=torch.float64), rtol=0, atol=0)
+    assert (g_mu[:, 1] == 0).all() and (g_mu[:, 2] == 0.5).all()
+    assert torch.isfinite(g_lv).all() and (g_lv == 0).all()  # logvar 0: 0.5 (e^0 - 1) / B
+
+
 def test_free_bits_zero_is_plain_kl_and_float32():
     inputs = _free_bits_inputs()
     plain = vae_fused.vae_loss(*inputs, reduction="batchmean")
