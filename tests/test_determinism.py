@@ -220,6 +220,37 @@ def test_streaming_stores_change_no_bit(monkeypatch, cap, dtype, shape):
             assert a.dtype == b.dtype and torch.equal(a, b), (recon, reduction, with_extras)
 
 
+@pytest.mark.parametrize("cap", ["default", "avx2", "avx512"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("s_shape", [(1, 3, 1, 1), (1, 3, 7, 9)], ids=["per-channel", "per-feature"])
+def test_shared_recon_logvar_gives_the_bits_of_the_same_values_per_element(monkeypatch, cap, dtype, s_shape):
+    """A recon_logvar shared by every sample has e^-s taken once per column
+    before the pass; the loss and the gradients of recon_x and recon_offset
+    are bit for bit those of the same s materialized per sample (e^-s per
+    element). 189 features: full blocks and a tail in every build."""
+    use_kernel_build(monkeypatch, cap)
+    g = torch.Generator().manual_seed(21)
+    shape = (5, 3, 7, 9)
+    recon_x = (torch.rand(shape, generator=g) * 0.98 + 0.01).to(dtype).requires_grad_()
+    x = torch.rand(shape, generator=g).to(dtype)
+    mu, logvar = torch.randn(5, 4, generator=g).to(dtype), torch.randn(5, 4, generator=g).to(dtype)
+    offset = torch.rand(5, 1, 1, 1, generator=g).to(dtype).requires_grad_()
+    s = (torch.randn(s_shape, generator=g) * 2).to(dtype)
+    for recon, reduction in [("mse", "sum"), ("l1", "mean"), ("mse", "none")]:
+        runs = []
+        for s_arg in (s.requires_grad_(), s.detach().expand(shape).contiguous().requires_grad_()):
+            loss = vae_fused.vae_loss(recon_x, x, mu, logvar, recon=recon, reduction=reduction,
+                                      recon_logvar=s_arg, recon_offset=offset)
+            g_x, g_o, g_s = torch.autograd.grad(loss.sum(), [recon_x, offset, s_arg])
+            runs.append((loss.detach(), g_x, g_o, g_s.double().sum_to_size(s_shape)))
+        for a, b in zip(runs[0][:3], runs[1][:3]):
+            assert a.dtype == b.dtype and torch.equal(a, b), (recon, reduction)
+        # s's own gradient: summed over the samples inside the pass, or per
+        # element (each rounded to dtype) and summed here
+        tol = {torch.float64: 1e-12, torch.float32: 1e-5, torch.bfloat16: 3e-2}[dtype]
+        torch.testing.assert_close(runs[0][3], runs[1][3], rtol=tol, atol=tol * runs[1][3].abs().max().item())
+
+
 def test_streaming_stores_chosen_for_large_gradients_change_no_bit(monkeypatch):
     # 9.4M float32 gradients (38 MB): more than this machine class's last-level
     # cache, so the default streams them; forced off gives the same bits
