@@ -365,18 +365,18 @@ int term_pass(const TermPass& args) {
     // vector stores below go through may_alias types, so a value read through
     // `args` (or the closure) would be reloaded after every store, and the
     // accumulators spilled.
-    const TA* const a = static_cast<const TA*>(args.a);
-    const TB* const b = static_cast<const TB*>(args.b);
-    acc_t* const grad_a = static_cast<acc_t*>(args.grad_a);
-    acc_t* const grad_b = static_cast<acc_t*>(args.grad_b);
-    acc_t* const values = static_cast<acc_t*>(args.values);
+    const TA* const a_all = static_cast<const TA*>(args.a);
+    const TB* const b_all = static_cast<const TB*>(args.b);
+    acc_t* const grad_a_all = static_cast<acc_t*>(args.grad_a);
+    acc_t* const grad_b_all = static_cast<acc_t*>(args.grad_b);
+    acc_t* const values_all = static_cast<acc_t*>(args.values);
     const int64_t cols = args.cols;
     const int64_t per_row = chunks_per_row(cols);
     const double grad_scale = args.grad_scale;
     const Vec scale(static_cast<acc_t>(grad_scale));
     const bool scaled = grad_scale != 1.0;
-    const bool stream = args.stream_outputs;
-    const bool binary_path_allowed = Rule::kHasBinaryTargetPath && grad_b == nullptr;
+    const bool stream_all = args.stream_outputs;
+    const bool binary_path_allowed_all = Rule::kHasBinaryTargetPath && grad_b_all == nullptr;
     double* const partials = args.partials;
     const double* const row_grad_factor = args.row_grad_factor;
     const acc_t likelihood_half = static_cast<acc_t>(args.likelihood_half);
@@ -399,6 +399,18 @@ int term_pass(const TermPass& args) {
     std::vector<acc_t> column_acc(by_column ? kExtras * kChunk : 0);
     acc_t* const column_acc_data = column_acc.data();
     auto run_task = [&](int64_t row, int64_t chunk) {
+      // The same rule one level down: run_task's closure holds references,
+      // so without these copies every pointer the block reads is reloaded
+      // through the closure after each may_alias store (A/B on an Intel Xeon,
+      // 3.1M fwd+bwd: continuous BCE -4% AVX2 / -10% AVX-512, L1 with
+      // logvar and weight -30% AVX2).
+      const TA* const a = a_all;
+      const TB* const b = b_all;
+      acc_t* const grad_a = grad_a_all;
+      acc_t* const grad_b = grad_b_all;
+      acc_t* const values = values_all;
+      const bool stream = stream_all;
+      const bool binary_path_allowed = binary_path_allowed_all;
       const int64_t task = row * per_row + chunk;
       const int64_t col_begin = chunk * kChunk;
       const int64_t col_end = std::min(cols, col_begin + kChunk);
@@ -525,7 +537,7 @@ int term_pass(const TermPass& args) {
     };
     if (!by_column) {
       for (int64_t task = begin; task < end; ++task) run_task(task / per_row, task % per_row);
-      if (stream) stream_fence();
+      if (stream_all) stream_fence();
       return;
     }
     const int64_t rows = args.rows;
@@ -542,7 +554,7 @@ int term_pass(const TermPass& args) {
         }
       }
     }
-    if (stream) stream_fence();
+    if (stream_all) stream_fence();
   });
   return range_bits.load();
 }
