@@ -54,12 +54,11 @@ at::Tensor row_sums_tensor(const std::vector<double>& sums, double scale, at::Te
 }
 
 // The term's value from its rows' sums: (B,) for "none", else one number.
-at::Tensor term_value(const std::vector<double>& sums, int64_t reduction, int64_t numel,
-                      at::TensorOptions options) {
+at::Tensor term_value(const std::vector<double>& sums, int64_t reduction, int64_t rows,
+                      int64_t numel, at::TensorOptions options) {
   if (per_sample(reduction)) return row_sums_tensor(sums, 1.0, options);
   double total = 0.0;
   for (double s : sums) total += s;
-  const int64_t rows = static_cast<int64_t>(sums.size());
   return at::scalar_tensor(reduce_total(reduction, total, rows, numel), options);
 }
 
@@ -153,14 +152,24 @@ void apply_per_sample_likelihood(const TermPlan& plan, const std::vector<SampleO
 template <typename RunPass>
 void run_term(const TermPlan& plan, std::vector<at::Tensor>& grads, at::Tensor& value,
               RunPass run) {
-  const int64_t tasks = plan.rows * chunks_per_row(plan.cols);
+  // A term summed to one number with nothing kept per sample (no extras, no
+  // free bits, not "none") is one long row to the pass: its tasks are kChunk
+  // elements across row boundaries, so a narrow term (the KL's B x 16, a
+  // 768-wide image) does not pay a task's fixed cost on every row. The
+  // partials still have a fixed order, independent of the thread count.
+  const int64_t numel = plan.rows * plan.cols;
+  const bool flat = numel > 0 && !per_sample(plan.reduction) && plan.extra_count == 0 &&
+                    !plan.keeps_values;
+  const int64_t pass_rows = flat ? 1 : plan.rows;
+  const int64_t pass_cols = flat ? numel : plan.cols;
+  const int64_t tasks = pass_rows * chunks_per_row(pass_cols);
   TermPass pass;
   pass.a = plan.a.data_ptr();
   pass.b = plan.b.data_ptr();
   pass.a_dtype = plan.a.scalar_type();
   pass.b_dtype = plan.b.scalar_type();
-  pass.rows = plan.rows;
-  pass.cols = plan.cols;
+  pass.rows = pass_rows;
+  pass.cols = pass_cols;
   pass.grad_scale = plan.reduction_scale;
   pass.likelihood_half = plan.likelihood_half;
   if (plan.wants_grad_a) {
@@ -217,9 +226,9 @@ void run_term(const TermPlan& plan, std::vector<at::Tensor>& grads, at::Tensor& 
     TORCH_CHECK(!(bits & kInputOutOfRange), "all elements of input should be between 0 and 1");
     TORCH_CHECK(!(bits & kTargetOutOfRange), "all elements of target should be between 0 and 1");
   }
-  std::vector<double> sums = row_sums(partials, plan.rows, plan.cols);
+  std::vector<double> sums = row_sums(partials, pass_rows, pass_cols);
   if (!options.empty()) apply_per_sample_likelihood(plan, options, sums, grads);
-  value = term_value(sums, plan.reduction, plan.rows * plan.cols, plan.acc_options);
+  value = term_value(sums, plan.reduction, plan.rows, numel, plan.acc_options);
   for (int k = 0; k < plan.extra_count; ++k) {
     if (!row_factor.empty()) break;  // their per-sample gradients are set above
     const ExtraPlan& extra = plan.extras[k];
