@@ -54,6 +54,23 @@ def test_bit_identical_across_thread_counts_and_calls(restore_threads, recon, re
     torch.testing.assert_close(results[0][0].double(), expected, **tol)
 
 
+@pytest.mark.parametrize("reduction", ["sum", "mean"])
+def test_summed_terms_do_not_depend_on_where_rows_break(reduction):
+    # A term reduced to one number (no extras, no free bits) is cut into tasks
+    # over its flat elements, so re-batching the same elements -- (B, D) as
+    # (B/2, 2D) -- gives the same bits, for both terms; per-row tasks would
+    # sum in another order (float64: float32 would round the double totals
+    # alike). 3 x 2048 + 5 columns: tasks straddle rows.
+    recon_x, x, mu, logvar = make_inputs((96, 6149), (96, 16), dtype=torch.float64, seed=11)
+    terms = vae_fused.vae_loss_terms(recon_x, x, mu, logvar, reduction=reduction)
+    halved = [t.reshape(48, -1) for t in (recon_x, x, mu, logvar)]
+    terms_halved = vae_fused.vae_loss_terms(*halved, reduction=reduction)
+    assert torch.equal(terms.recon, terms_halved.recon)
+    assert torch.equal(terms.kl, terms_halved.kl)
+    expected = F.binary_cross_entropy(recon_x.double(), x.double(), reduction=reduction)
+    torch.testing.assert_close(terms.recon, expected, rtol=1e-10, atol=0)
+
+
 def test_bit_identical_with_free_bits_and_threads(restore_threads):
     inputs = make_inputs((257, 1000), (257, 64), dtype=torch.float32, seed=5)  # odd batch size
     runs = []
