@@ -10,6 +10,7 @@
 
 #include "inputs.h"
 #include "operand.h"
+#include "reduction.h"
 
 namespace vae_fused {
 
@@ -48,6 +49,23 @@ struct TermPlan {
   double free_bits = 0.0;
   at::TensorOptions acc_options; // the term's accumulation dtype, on its device
 };
+
+// Whether any of the term's extras is given.
+inline bool has_extras(const TermPlan& plan) {
+  for (int k = 0; k < plan.extra_count; ++k) {
+    if (plan.extras[k].operand.present()) return true;
+  }
+  return false;
+}
+
+// Whether the term's partial sums must be kept per row: its value is one per
+// sample ("none"), or it has extras (their per-sample gradients and options
+// act on each row's sums). Otherwise both devices cut the term into tasks
+// (CPU) or tiles (CUDA) across row boundaries, so a narrow term -- the KL's
+// B x 16 -- does not pay a task's fixed cost on every row.
+inline bool sums_per_row(const TermPlan& plan) {
+  return per_sample(plan.reduction) || has_extras(plan);
+}
 
 struct ForwardPlan {
   TermPlan recon, kl;

@@ -152,14 +152,11 @@ void apply_per_sample_likelihood(const TermPlan& plan, const std::vector<SampleO
 template <typename RunPass>
 void run_term(const TermPlan& plan, std::vector<at::Tensor>& grads, at::Tensor& value,
               RunPass run) {
-  // A term summed to one number with nothing kept per sample (no extras, no
-  // free bits, not "none") is one long row to the pass: its tasks are kChunk
-  // elements across row boundaries, so a narrow term (the KL's B x 16, a
-  // 768-wide image) does not pay a task's fixed cost on every row. The
-  // partials still have a fixed order, independent of the thread count.
+  // Without per-row sums (sums_per_row) the term is one long row to the
+  // pass, its tasks kChunk elements across row boundaries; the partials keep
+  // a fixed order, independent of the thread count.
   const int64_t numel = plan.rows * plan.cols;
-  const bool flat = numel > 0 && !per_sample(plan.reduction) && plan.extra_count == 0 &&
-                    !plan.keeps_values;
+  const bool flat = numel > 0 && !sums_per_row(plan);
   const int64_t pass_rows = flat ? 1 : plan.rows;
   const int64_t pass_cols = flat ? numel : plan.cols;
   const int64_t tasks = pass_rows * chunks_per_row(pass_cols);

@@ -27,20 +27,13 @@ template <typename Backend>
 struct ForwardRunner {
   Backend& backend;
 
-  static bool has_extras(const TermPlan& plan) {
-    for (int k = 0; k < plan.extra_count; ++k) {
-      if (plan.extras[k].operand.present()) return true;
-    }
-    return false;
-  }
-
   // Allocates a term's outputs, fills its TermArgs; the launch is `launch`.
   template <typename Launch>
   void run_term(const TermPlan& plan, std::vector<at::Tensor>& grads, at::Tensor& value,
                 at::Tensor& values, Launch&& launch) {
     TermArgs args;
     const bool extras = has_extras(plan);
-    args.tiling = make_tiling(plan.rows, plan.cols, per_sample(plan.reduction) || extras);
+    args.tiling = make_tiling(plan.rows, plan.cols, sums_per_row(plan));
     args.a = plan.a.data_ptr();
     args.b = plan.b.data_ptr();
     args.grad_scale = plan.reduction_scale;
