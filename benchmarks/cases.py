@@ -47,19 +47,20 @@ MNIST_BINARY = Shape("MNIST 128x784 binary", MNIST.data, MNIST.latent, binary=Tr
 M3_BINARY = Shape("3.1M 64x3x128x128 binary", M3.data, M3.latent, binary=True)
 BINARY = [MNIST_BINARY, M3_BINARY]
 BINARY_OF = {MNIST_BINARY.name: MNIST.name, M3_BINARY.name: M3.name}
-# Binary against continuous targets is also timed in alternation, this many
-# rounds (runner.run_paired): the ratio the targets check.
+# Binary against continuous targets, and the fused op against eager at the
+# host-overhead size, are also timed in alternation, this many rounds
+# (runner.run_paired): the ratios those targets check.
 PAIRED_ROUNDS = 5
 
 
-def paired_candidate(round_index: int) -> str:
-    """The candidate name of the fused op's timing in round i (1-based) of the
-    alternated binary/continuous measurement."""
-    return f"fused, paired round {round_index}"
+def paired_candidate(round_index: int, candidate: str = "fused") -> str:
+    """The candidate name of a timing in round i (1-based) of an alternated
+    measurement: the fused op's (binary/continuous), or eager's (host overhead)."""
+    return f"{candidate}, paired round {round_index}"
 
 
 def is_paired(candidate: str) -> bool:
-    return candidate.startswith("fused, paired round ")
+    return ", paired round " in candidate
 # A tiny batch: what a call costs the host (Python, dispatch, autograd), in µs.
 HOST = Shape("host overhead 8x16", (8, 16), (8, 8))
 # The loss family (family.py): a Stable-Diffusion-VAE-like size, and a VDVAE

@@ -16,13 +16,23 @@ import vae_fused
 
 
 def cpu_model() -> str:
+    """The CPU's model name; where it names no model number (a VM's generic
+    'AMD EPYC'), with the family and model numbers, which tell hosts of one
+    name apart (AMD family 25 is Zen 3/4, 26 is Zen 5) so that their results
+    land in separate folders."""
+    fields = {}
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+            key, _, value = line.partition(":")
+            if not key.strip():
+                break  # the first processor's block only
+            fields.setdefault(key.strip(), value.strip())
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    name = fields.get("model name") or platform.processor() or platform.machine()
+    if not re.search(r"\d", name) and "cpu family" in fields and "model" in fields:
+        name += f" (family {fields['cpu family']}, model {fields['model']})"
+    return name
 
 
 def l3_cache_bytes() -> int | None:

@@ -93,33 +93,40 @@ def run_case(case: Case, settings: Settings) -> list[dict]:
 
 
 def run_paired(plan, settings: Settings) -> list[dict]:
-    """The fused op on binary targets and on their continuous twin, timed in
-    alternation (cases.PAIRED_ROUNDS rounds, the order flipped every round).
-    The main table times the two minutes apart, and this machine class's
-    memory bandwidth drifts between minutes (the same 3.1M continuous fwd+bwd
-    measured 0.53 and 1.43 ms in two runs): a ratio of the two rows can be
-    off by 2x for reasons that have nothing to do with the targets. Each
-    round's pair shares the machine's state; the report takes the median of
-    the rounds' ratios."""
+    """Two timings whose ratio a target checks, taken in alternation
+    (cases.PAIRED_ROUNDS rounds, the order flipped every round): the fused op
+    on binary targets and on their continuous twin, and at the host-overhead
+    size the fused op and eager. The main table times each pair minutes
+    apart, and this machine class drifts between minutes (the same 3.1M
+    continuous fwd+bwd measured 0.53 and 1.43 ms in two runs; the same 8x16
+    fused call 79 and 153 µs): a ratio of two table rows can be off by 2x for
+    reasons that have nothing to do with the targets. Each round's pair
+    shares the machine's state; the report takes the median of the rounds'
+    ratios."""
     rows = []
     for case in plan:
-        if not case.shape.binary or case.recon != "bce" or "fused" not in case.candidates:
-            continue
-        twin = dataclasses.replace(case.shape, name=cases.BINARY_OF[case.shape.name], binary=False)
         needs_grad = cases.LOSSES[case.recon].needs_grad
         fused = cases.make_candidate("fused", case.recon)
-        steps = []
-        for shape in (twin, case.shape):
-            inputs = cases.case_inputs(shape, case.dtype, case.device, case.recon)
-            step = cases.PASSES[case.pass_name](fused.fn, inputs, needs_grad)
+        if case.shape == cases.HOST and "eager" in case.candidates and "fused" in case.candidates:
+            inputs = cases.case_inputs(case.shape, case.dtype, case.device, case.recon)
+            eager = cases.make_candidate("eager", case.recon)
+            pair = [(case.shape, "eager", cases.PASSES[case.pass_name](eager.fn, inputs, needs_grad)),
+                    (case.shape, "fused", cases.PASSES[case.pass_name](fused.fn, inputs, needs_grad))]
+        elif case.shape.binary and case.recon == "bce" and "fused" in case.candidates:
+            twin = dataclasses.replace(case.shape, name=cases.BINARY_OF[case.shape.name], binary=False)
+            pair = [(shape, "fused", cases.PASSES[case.pass_name](
+                        fused.fn, cases.case_inputs(shape, case.dtype, case.device, case.recon), needs_grad))
+                    for shape in (twin, case.shape)]
+        else:
+            continue
+        for _, _, step in pair:
             step()
-            steps.append((shape, step))
         for i in range(1, cases.PAIRED_ROUNDS + 1):
             others = machine.OtherLoad()
-            for shape, step in (steps if i % 2 else steps[::-1]):
+            for shape, name, step in (pair if i % 2 else pair[::-1]):
                 rows.append(make_row(
                     shape=shape, dtype=case.dtype, device=case.device, pass_name=case.pass_name,
-                    recon=case.recon, candidate=cases.paired_candidate(i), threads=settings.threads,
+                    recon=case.recon, candidate=cases.paired_candidate(i, name), threads=settings.threads,
                     timing=timing.measure(step, settings.threads, settings.min_run_time)))
             busy = others.cores()
             rows[-1]["others_cores"] = rows[-2]["others_cores"] = busy

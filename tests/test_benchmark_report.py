@@ -57,3 +57,32 @@ def test_alternated_rounds_do_not_mark_the_main_line_busy():
     res = Results(rows)
     key = ("cpu", "float32", "fwdbwd", cases.M3_BINARY.name)
     assert tables.busy_mark(res, key, "bce") == ""
+
+
+def host_target(res):
+    (line,) = [t for t in tables.targets(res) if t[0] == cases.HOST.name]
+    return line
+
+
+def test_host_target_takes_the_median_of_the_alternated_rounds():
+    # the main rows (minutes apart, the host slowed down in between) say 1.2x;
+    # the rounds, each pair timed back to back, say 1.5x-1.8x
+    rows = [row(cases.HOST, "eager", 0.120), row(cases.HOST, "fused", 0.100)]
+    for i, (eager, fused) in enumerate([(0.15, 0.10), (0.16, 0.10), (0.27, 0.15), (0.13, 0.08), (0.18, 0.10)], 1):
+        rows += [row(cases.HOST, cases.paired_candidate(i, "eager"), eager),
+                 row(cases.HOST, cases.paired_candidate(i), fused)]
+    res = Results(rows)
+    faster = sorted([1.5, 1.6, 1.8, 1.625, 1.8])
+    _, _, _, value, ok, _, how = host_target(res)
+    assert value == pytest.approx(faster[2]) and ok  # 1.625x, not the main rows' 1.2x
+    assert "median of 5 alternated rounds" in how and "1.50×" in how and "1.80×" in how
+    (body,) = sections.host_body(res)
+    assert body[5] == "1.20×" and body[7] == "1.62× (1.50×–1.80×)"
+
+
+def test_host_target_uses_the_main_rows_without_alternated_rounds():
+    res = Results([row(cases.HOST, "eager", 0.120), row(cases.HOST, "fused", 0.100)])
+    _, _, _, value, ok, _, how = host_target(res)
+    assert value == pytest.approx(1.2) and not ok and how == ""
+    (body,) = sections.host_body(res)
+    assert body[7] == "—"

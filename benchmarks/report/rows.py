@@ -82,14 +82,17 @@ class Results:
         return self.ms(key if twin is None else key[:3] + (twin,), "-", "floor")
 
     def paired_ratios(self, key, recon="bce"):
-        """binary / continuous time of the fused op, one per round of the
-        alternated measurement (runner.run_paired) of this binary-target case;
-        [] when it was not run."""
-        twin = key[:3] + (cases.BINARY_OF[key[3]],)
+        """One ratio per round of the alternated measurement (runner.run_paired)
+        of this case, [] when it was not run: for a binary-target case the
+        fused op's binary / continuous time, for the host-overhead case the
+        fused op's time / eager's."""
+        host = key[3] == cases.HOST.name
+        twin = key if host else key[:3] + (cases.BINARY_OF[key[3]],)
+        other = "eager" if host else "fused"
         out = []
         for i in range(1, cases.PAIRED_ROUNDS + 1):
-            name = cases.paired_candidate(i)
-            ratio_i = ratio(self.ms(key, recon, name), self.ms(twin, recon, name))
+            ratio_i = ratio(self.ms(key, recon, cases.paired_candidate(i)),
+                            self.ms(twin, recon, cases.paired_candidate(i, other)))
             if ratio_i is not None:
                 out.append(ratio_i)
         return out

@@ -9,9 +9,21 @@ from benchmarks.report.fmt import fmt, fmt_bytes, fmt_ms, fmt_us, fmt_x
 from benchmarks.report.rows import BUSY, Results, ratio
 from benchmarks.report.tables import busy_mark
 
-HOST_HEAD = ["device", "pass", "eager µs", "compiled µs", "fused µs", "fused vs eager", "fused vs compiled"]
+HOST_HEAD = ["device", "pass", "eager µs", "compiled µs", "fused µs", "fused vs eager", "fused vs compiled",
+             "alternated: fused vs eager, median (range)"]
 HOST_NOTE = (f"{cases.HOST.name} (float32, BCE): a batch this small measures what a call costs the host "
-             "(Python, dispatch, autograd, thread start-up), not the arithmetic.")
+             "(Python, dispatch, autograd, thread start-up), not the arithmetic. *alternated* times eager "
+             f"and the fused op in {cases.PAIRED_ROUNDS} alternated rounds and gives the median and the range "
+             "of the rounds' ratios, which the target checks (this machine class's host speed drifts "
+             "between minutes).")
+
+
+def _alternated(ratios) -> str:
+    """'median (lowest–highest)' of the alternated rounds' ratios, '—' without rounds."""
+    ratios = sorted(ratios)
+    if not ratios:
+        return "—"
+    return f"{fmt_x(statistics.median(ratios), 2)} ({fmt_x(ratios[0], 2)}–{fmt_x(ratios[-1], 2)})"
 
 
 def host_body(res: Results):
@@ -19,7 +31,8 @@ def host_body(res: Results):
     for key, recon in res.loss_groups(sweep=False, host=True):
         d = res.compare(key, recon)
         body.append([key[0], key[2], fmt_us(d["eager"]), fmt_us(d["compiled"]), fmt_us(d["fused"]),
-                     fmt_x(d["vs_eager"], 2), fmt_x(d["vs_compiled"], 2)])
+                     fmt_x(d["vs_eager"], 2), fmt_x(d["vs_compiled"], 2),
+                     _alternated(1 / r for r in res.paired_ratios(key, recon))])
     return body
 
 
@@ -43,9 +56,7 @@ def binary_body(res: Results):
         cont = key[:3] + (twin,)
         eager_c, eager_b = res.ms(cont, recon, "eager"), res.ms(key, recon, "eager")
         fused_c, fused_b = res.ms(cont, recon, "fused"), res.ms(key, recon, "fused")
-        paired = sorted(res.paired_ratios(key, recon))
-        alternated = (f"{fmt_x(statistics.median(paired), 2)} ({fmt_x(paired[0], 2)}–{fmt_x(paired[-1], 2)})"
-                      if paired else "—")
+        alternated = _alternated(res.paired_ratios(key, recon))
         body.append([twin, key[0], key[1], key[2], fmt_ms(eager_c), fmt_ms(eager_b),
                      fmt_ms(fused_c), fmt_ms(fused_b), fmt_x(ratio(fused_b, fused_c), 2), alternated])
     return body

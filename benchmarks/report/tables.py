@@ -117,14 +117,15 @@ TARGETS = [  # (shape, pass, label, figure, comparison, bound)
 
 def _figure(res: Results, key, figure):
     """(value, how it was measured: "" or a note for the target line)."""
+    # the alternated rounds where they were run (binary targets, host
+    # overhead): the table's two rows are minutes apart, and this machine
+    # class drifts
+    paired = res.paired_ratios(key) if figure == "vs_continuous" or key[3] == cases.HOST.name else []
+    if paired:
+        faster = sorted(1 / r for r in paired)
+        return (statistics.median(faster),
+                f" (median of {len(faster)} alternated rounds, {fmt_x(faster[0], 2)}–{fmt_x(faster[-1], 2)})")
     if figure == "vs_continuous":
-        # the alternated rounds where they were run: the table's two rows are
-        # minutes apart, and this machine class's bandwidth drifts
-        paired = res.paired_ratios(key)
-        if paired:
-            faster = sorted(1 / r for r in paired)
-            return (statistics.median(faster),
-                    f" (median of {len(faster)} alternated rounds, {fmt_x(faster[0], 2)}–{fmt_x(faster[-1], 2)})")
         twin = key[:3] + (cases.BINARY_OF[key[3]],)
         return ratio(res.ms(twin, "bce", "fused"), res.ms(key, "bce", "fused")), ""
     return res.compare(key, "bce")[figure], ""
