@@ -92,6 +92,23 @@ def run_case(case: Case, settings: Settings) -> list[dict]:
     return rows
 
 
+def alternated_pair(case: Case):
+    """[(shape, candidate, step)] the two timings run_paired alternates for
+    this case, or None when no target checks their ratio."""
+    if case.shape == cases.HOST and {"eager", "fused"} <= set(case.candidates):
+        shapes_and_names = [(case.shape, "eager"), (case.shape, "fused")]
+    elif case.shape.binary and case.recon == "bce" and "fused" in case.candidates:
+        twin = dataclasses.replace(case.shape, name=cases.BINARY_OF[case.shape.name], binary=False)
+        shapes_and_names = [(twin, "fused"), (case.shape, "fused")]
+    else:
+        return None
+    needs_grad = cases.LOSSES[case.recon].needs_grad
+    return [(shape, name, cases.PASSES[case.pass_name](
+                cases.make_candidate(name, case.recon).fn,
+                cases.case_inputs(shape, case.dtype, case.device, case.recon), needs_grad))
+            for shape, name in shapes_and_names]
+
+
 def run_paired(plan, settings: Settings) -> list[dict]:
     """Two timings whose ratio a target checks, taken in alternation
     (cases.PAIRED_ROUNDS rounds, the order flipped every round): the fused op
@@ -105,19 +122,8 @@ def run_paired(plan, settings: Settings) -> list[dict]:
     ratios."""
     rows = []
     for case in plan:
-        needs_grad = cases.LOSSES[case.recon].needs_grad
-        fused = cases.make_candidate("fused", case.recon)
-        if case.shape == cases.HOST and "eager" in case.candidates and "fused" in case.candidates:
-            inputs = cases.case_inputs(case.shape, case.dtype, case.device, case.recon)
-            eager = cases.make_candidate("eager", case.recon)
-            pair = [(case.shape, "eager", cases.PASSES[case.pass_name](eager.fn, inputs, needs_grad)),
-                    (case.shape, "fused", cases.PASSES[case.pass_name](fused.fn, inputs, needs_grad))]
-        elif case.shape.binary and case.recon == "bce" and "fused" in case.candidates:
-            twin = dataclasses.replace(case.shape, name=cases.BINARY_OF[case.shape.name], binary=False)
-            pair = [(shape, "fused", cases.PASSES[case.pass_name](
-                        fused.fn, cases.case_inputs(shape, case.dtype, case.device, case.recon), needs_grad))
-                    for shape in (twin, case.shape)]
-        else:
+        pair = alternated_pair(case)
+        if pair is None:
             continue
         for _, _, step in pair:
             step()

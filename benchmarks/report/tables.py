@@ -117,10 +117,11 @@ TARGETS = [  # (shape, pass, label, figure, comparison, bound)
 
 def _figure(res: Results, key, figure):
     """(value, how it was measured: "" or a note for the target line)."""
-    # the alternated rounds where they were run (binary targets, host
-    # overhead): the table's two rows are minutes apart, and this machine
-    # class drifts
-    paired = res.paired_ratios(key) if figure == "vs_continuous" or key[3] == cases.HOST.name else []
+    # the alternated rounds where they were run (binary against continuous
+    # targets; fused against eager at the host-overhead size): the table's two
+    # rows are minutes apart, and this machine class drifts
+    alternated = figure == "vs_continuous" or (figure == "vs_eager" and key[3] == cases.HOST.name)
+    paired = res.paired_ratios(key) if alternated else []
     if paired:
         faster = sorted(1 / r for r in paired)
         return (statistics.median(faster),

@@ -63,9 +63,10 @@ inline void stream_fence() {
 constexpr uintptr_t kPrefetchAheadBytes = 2048;
 constexpr uintptr_t kCacheLineBytes = 64;
 // Every cache line of a block's `bytes`, each once. Touching only the first
-// line of a two-line block (one prefetch per AVX-512 float block) halved an
-// AMD EPYC's (Zen 4) loop against no prefetch at all: its hardware prefetcher
-// was left the odd lines of a stride-two pattern (docs/ARCHITECTURE.md).
+// line of a two-line block (one prefetch per AVX-512 float block) made an
+// AMD EPYC's (Zen 4) loop up to 2x slower than no prefetch at all: its
+// hardware prefetcher was left the odd lines of a stride-two pattern
+// (docs/ARCHITECTURE.md).
 // Never faults, so it may reach past the end of the data; the address is
 // formed as an integer so no pointer leaves its array.
 template <size_t kBytes, typename T>
