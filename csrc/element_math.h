@@ -89,10 +89,15 @@ template <typename S>
 VAE_FUSED_HD S vselect(bool c, S a, S b) { return c ? a : b; }
 template <typename S>
 VAE_FUSED_HD bool vless(S a, S b) { return a < b; }
-// vzero_if(c, a): +0 where c holds, else a -- select(c, 0, a), which AVX2
-// does in one and-not (a blend there costs GCC an extra compare).
+// vkeep_if(c, a): a where c holds, else +0 -- select(c, a, 0), which AVX2
+// does in one and (a blend there costs GCC an extra compare) and AVX-512
+// folds into the zero-masking of the operation that produced a.
 template <typename S>
-VAE_FUSED_HD S vzero_if(bool c, S a) { return c ? S(0) : a; }
+VAE_FUSED_HD S vkeep_if(bool c, S a) { return c ? a : S(0); }
+// a * b + c with one rounding (fmaf on a CUDA device; the host scalar form
+// serves the tests' CPU runs of the CUDA rules).
+VAE_FUSED_HD float vfma(float a, float b, float c) { return ::fmaf(a, b, c); }
+VAE_FUSED_HD double vfma(double a, double b, double c) { return ::fma(a, b, c); }
 
 // ---------------------------------------------------------------------------
 // Reconstruction rules. p: the model output (a probability, or a logit z for
@@ -102,17 +107,24 @@ VAE_FUSED_HD S vzero_if(bool c, S a) { return c ? S(0) : a; }
 // log(1 - p) to the accuracy of PyTorch's log1p(-p), for the price of one
 // log (a vector log1p costs about two). u = 1 - p is exact for p >= 1/2 (and
 // the correction below is then exactly 0, also at p = 1); for p < 1/2 the
-// rounding error of u, d = (1 - u) - p, is put back to first order:
+// rounding error of u, d = w - p with w = 1 - u (exact), is put back to first
+// order:
 //   log(1 - p) = log(u + d) ~= log(u) + d / u.
-// |d| <= half an ulp of u, so 1/u may be approximated by 2 - u (relative
-// error (1 - u)^2, vanishing exactly where d/u matters, as p -> 0): the
-// result stays within a few 1e-8 (float) / 1e-17 (double) relative of
-// log1p(-p), with no division and no branch.
+// |d| <= half an ulp of u, so 1/u may be approximated by 2 - u = 1 + w
+// (relative error (1 - u)^2, vanishing exactly where d/u matters, as p -> 0),
+// and d (1 + w) is one fma, d w + d: the result stays within a few 1e-8
+// (float) / 1e-17 (double) relative of log1p(-p), with no division and no
+// branch. log1m_correction(p, u) is that d (1 + w), u = 1 - p.
+template <typename V>
+VAE_FUSED_HD V log1m_correction(V p, V u) {
+  const V w = V(1) - u;
+  const V d = w - p;
+  return vfma(d, w, d);
+}
 template <typename V>
 VAE_FUSED_HD V log1m(V p) {
-  const V one(1);
-  const V u = one - p;
-  return vlog_unit_interval(u) + ((one - u) - p) * (V(2) - u);
+  const V u = V(1) - p;
+  return vlog_unit_interval(u) + log1m_correction(p, u);
 }
 
 // BCE exactly as F.binary_cross_entropy, logs clamped at -100, from the
@@ -272,15 +284,15 @@ VAE_FUSED_HD void recon_value_and_grad(V p, V t, V& loss, V& d_input, V& d_targe
 // -max(log(t ? p : 1 - p), -100), the same value bce_value_and_grad gives
 // (its other product is an exact zero). Gives the log-likelihood
 // max(log(...), -100), the loss negated (exactly), which a sum can subtract
-// instead of paying a negation. `t_is_one` is the comparison t == 1.
+// instead of paying a negation. `t_is_zero` is the comparison t != 1 (in a
+// binary block, t == 0): the mask that keeps log1m's correction is then the
+// comparison itself, not its negation.
 template <typename V, typename M>
-VAE_FUSED_HD void bce_binary_target_log_likelihood_and_grad(V p, V t, M t_is_one, V& log_likelihood,
+VAE_FUSED_HD void bce_binary_target_log_likelihood_and_grad(V p, V t, M t_is_zero, V& log_likelihood,
                                                            V& d_input) {
-  const V one(1);
-  const V u = one - p;
-  // log1m's rounding correction, kept only where the log is of 1 - p.
-  const V correction = vzero_if(t_is_one, ((one - u) - p) * (V(2) - u));
-  log_likelihood = vmax(vlog_unit_interval(vselect(t_is_one, p, u)) + correction, V(kLogClamp));
+  const V u = V(1) - p;
+  const V correction = vkeep_if(t_is_zero, log1m_correction(p, u));
+  log_likelihood = vmax(vlog_unit_interval(vselect(t_is_zero, u, p)) + correction, V(kLogClamp));
   d_input = vdiv(p - t, vmax(u * p, V(kBceGradEps)));
 }
 

@@ -89,23 +89,30 @@ inline at::vec::Vectorized<S> vselect(const at::vec::Vectorized<S>& mask,
 }
 
 template <typename S>
-inline at::vec::Vectorized<S> vzero_if(const at::vec::Vectorized<S>& mask,
+inline at::vec::Vectorized<S> vkeep_if(const at::vec::Vectorized<S>& mask,
                                        const at::vec::Vectorized<S>& a) {
-  return at::vec::Vectorized<S>::blendv(a, at::vec::Vectorized<S>(0), mask);
+  return at::vec::Vectorized<S>::blendv(at::vec::Vectorized<S>(0), a, mask);
 }
 #if defined(CPU_CAPABILITY_AVX2)
-// The mask's lanes are all-ones or all-zeros: a & ~mask. (GCC 12 turns a
+// The mask's lanes are all-ones or all-zeros: a & mask. (GCC 12 turns a
 // compare mask that feeds two blends into a sign test first, one more
 // operation a vector in the binary-target BCE.)
-inline at::vec::Vectorized<float> vzero_if(const at::vec::Vectorized<float>& mask,
+inline at::vec::Vectorized<float> vkeep_if(const at::vec::Vectorized<float>& mask,
                                            const at::vec::Vectorized<float>& a) {
-  return _mm256_andnot_ps(mask, a);
+  return _mm256_and_ps(mask, a);
 }
 #endif
+// Fused multiply-add: one instruction in the AVX2/AVX-512 builds; the DEFAULT
+// build's Vectorized rounds a * b before adding.
+template <typename S>
+inline at::vec::Vectorized<S> vfma(const at::vec::Vectorized<S>& a, const at::vec::Vectorized<S>& b,
+                                   const at::vec::Vectorized<S>& c) {
+  return at::vec::fmadd(a, b, c);
+}
 
 #if defined(CPU_CAPABILITY_AVX512)
-inline at::vec::Vectorized<float> vzero_if(__mmask16 mask, const at::vec::Vectorized<float>& a) {
-  return _mm512_maskz_mov_ps(static_cast<__mmask16>(~mask), a);
+inline at::vec::Vectorized<float> vkeep_if(__mmask16 mask, const at::vec::Vectorized<float>& a) {
+  return _mm512_maskz_mov_ps(mask, a);
 }
 // select on an AVX-512 mask register (one instruction; the lane-vector form
 // above converts the mask back first).

@@ -16,6 +16,7 @@
 #include <atomic>
 #include <cstdint>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "../vec_primitives.h"  // before element_math.h: the at::vec overloads it uses
@@ -157,8 +158,8 @@ struct ReconRule {
   // value comes negated (kBinaryValueNegated): the pass subtracts it.
   static constexpr bool kBinaryValueNegated = !kWithExtras;
   template <typename S, typename V, typename M>
-  static void apply_binary(V a, V b, M b_is_one, const Extras<V>& e, V& value, V& d_a, V* d_extra) {
-    bce_binary_target_log_likelihood_and_grad(a, b, b_is_one, value, d_a);
+  static void apply_binary(V a, V b, M b_is_zero, const Extras<V>& e, V& value, V& d_a, V* d_extra) {
+    bce_binary_target_log_likelihood_and_grad(a, b, b_is_zero, value, d_a);
     if constexpr (kWithExtras) {
       value = V(0) - value;
       V unused(0);
@@ -271,41 +272,60 @@ void keep_lanes(int64_t n, Vec& lo, Vec& hi) {
   hi = n > kLanes ? Vec::set(Vec(0), hi, n - kLanes) : Vec(0);
 }
 
-// True when every lane of a block is exactly 0 or 1: t - t*t (one rounding)
-// is +-0 there and nonzero everywhere else (t in (0, 1) gives t > t*t, a value
-// outside [0, 1] or NaN a nonzero or NaN), so the block is binary when the
-// bits of both, sign aside, OR to zero. Checked on every block of a BCE pass
-// without a target gradient; 2 operations a vector where the comparisons took
-// 5 (AVX2) to 7 (AVX-512).
+// The lanes of v other than 1, as the select mask the binary-target rule
+// takes (in a binary block, the lanes where the target is 0): a mask register
+// on AVX-512 (the lane-vector form costs two more operations per select
+// there), an all-ones lane vector elsewhere.
 template <typename Vec>
-bool all_binary(const Vec& lo, const Vec& hi) {
+Vec lanes_not_one(const Vec& v) {
+  return v != Vec(1);
+}
+#if defined(CPU_CAPABILITY_AVX512)
+inline __mmask16 lanes_not_one(const Vectorized<float>& v) {
+  return _mm512_cmp_ps_mask(v, _mm512_set1_ps(1.0f), _CMP_NEQ_UQ);
+}
+#endif
+template <typename Vec>
+using LaneMask = decltype(lanes_not_one(std::declval<Vec>()));
+
+// True when every lane of a block is exactly 0 or 1; then also gives the
+// block's lanes_not_one masks. Checked on every block of a BCE pass without a
+// target gradient. Generic form: t - t*t (one rounding) is +-0 where t is 0
+// or 1 and nonzero everywhere else (t in (0, 1) gives t > t*t, a value
+// outside [0, 1] or NaN a nonzero or NaN), so the block is binary when the
+// bits of both, sign aside, OR to zero -- 2 operations a vector where the
+// comparisons took 5 (AVX2); the masks are formed only for a binary block.
+template <typename Vec>
+bool all_binary(const Vec& lo, const Vec& hi, LaneMask<Vec>& not_one_lo, LaneMask<Vec>& not_one_hi) {
   const Vec r_lo = at::vec::fmadd(Vec(0) - lo, lo, lo);
   const Vec r_hi = at::vec::fmadd(Vec(0) - hi, hi, hi);
   const Vec zero_lo = r_lo == Vec(0), zero_hi = r_hi == Vec(0);
-  return (zero_lo & zero_hi).zero_mask() == 0;  // a false lane is all-zero bits
+  if ((zero_lo & zero_hi).zero_mask() != 0) return false;  // a false lane is all-zero bits
+  not_one_lo = lanes_not_one(lo);
+  not_one_hi = lanes_not_one(hi);
+  return true;
 }
 #if defined(CPU_CAPABILITY_AVX512)
-inline bool all_binary(const Vectorized<float>& lo, const Vectorized<float>& hi) {
-  const __m512 r = _mm512_or_ps(_mm512_fnmadd_ps(lo, lo, lo), _mm512_fnmadd_ps(hi, hi, hi));
-  return _mm512_test_epi32_mask(_mm512_castps_si512(r), _mm512_set1_epi32(0x7fffffff)) == 0;
+// On mask registers the masks are the test: a lane is neither 0 nor 1 when it
+// compares unequal to 0 among the lanes unequal to 1 (one masked compare), so
+// a binary block costs 2 compares a vector and the masks come with it.
+inline bool all_binary(const Vectorized<float>& lo, const Vectorized<float>& hi, __mmask16& not_one_lo,
+                       __mmask16& not_one_hi) {
+  not_one_lo = lanes_not_one(lo);
+  not_one_hi = lanes_not_one(hi);
+  const __m512 zero = _mm512_setzero_ps();
+  const __mmask16 other_lo = _mm512_mask_cmp_ps_mask(not_one_lo, lo, zero, _CMP_NEQ_UQ);
+  const __mmask16 other_hi = _mm512_mask_cmp_ps_mask(not_one_hi, hi, zero, _CMP_NEQ_UQ);
+  return _kortestz_mask16_u8(other_lo, other_hi) != 0;
 }
 #elif defined(CPU_CAPABILITY_AVX2)
-inline bool all_binary(const Vectorized<float>& lo, const Vectorized<float>& hi) {
+inline bool all_binary(const Vectorized<float>& lo, const Vectorized<float>& hi, Vectorized<float>& not_one_lo,
+                       Vectorized<float>& not_one_hi) {
   const __m256 r = _mm256_or_ps(_mm256_fnmadd_ps(lo, lo, lo), _mm256_fnmadd_ps(hi, hi, hi));
-  return _mm256_testz_si256(_mm256_castps_si256(r), _mm256_set1_epi32(0x7fffffff)) != 0;
-}
-#endif
-
-// The lanes of v equal to 1, as the select mask the binary-target rule takes:
-// a mask register on AVX-512 (the lane-vector form costs two more operations
-// per select there), an all-ones lane vector elsewhere.
-template <typename Vec>
-Vec lanes_equal_one(const Vec& v) {
-  return v == Vec(1);
-}
-#if defined(CPU_CAPABILITY_AVX512)
-inline __mmask16 lanes_equal_one(const Vectorized<float>& v) {
-  return _mm512_cmp_ps_mask(v, _mm512_set1_ps(1.0f), _CMP_EQ_OQ);
+  if (_mm256_testz_si256(_mm256_castps_si256(r), _mm256_set1_epi32(0x7fffffff)) == 0) return false;
+  not_one_lo = lanes_not_one(lo);
+  not_one_hi = lanes_not_one(hi);
+  return true;
 }
 #endif
 
@@ -474,10 +494,11 @@ int term_pass(const TermPass& args) {
         }
         Vec v_lo, v_hi, da_lo, da_hi, db_lo, db_hi;
         Vec de_lo[kMaxExtras], de_hi[kMaxExtras];
-        const bool binary = binary_path_allowed && all_binary(b_lo, b_hi);
+        LaneMask<Vec> b_not_one_lo, b_not_one_hi;
+        const bool binary = binary_path_allowed && all_binary(b_lo, b_hi, b_not_one_lo, b_not_one_hi);
         if (binary) {
-          Rule::template apply_binary<acc_t>(a_lo, b_lo, lanes_equal_one(b_lo), e_lo, v_lo, da_lo, de_lo);
-          Rule::template apply_binary<acc_t>(a_hi, b_hi, lanes_equal_one(b_hi), e_hi, v_hi, da_hi, de_hi);
+          Rule::template apply_binary<acc_t>(a_lo, b_lo, b_not_one_lo, e_lo, v_lo, da_lo, de_lo);
+          Rule::template apply_binary<acc_t>(a_hi, b_hi, b_not_one_hi, e_hi, v_hi, da_hi, de_hi);
         } else {
           Rule::template apply<acc_t>(a_lo, b_lo, e_lo, v_lo, da_lo, db_lo, de_lo);
           Rule::template apply<acc_t>(a_hi, b_hi, e_hi, v_hi, da_hi, db_hi, de_hi);
