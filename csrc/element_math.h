@@ -284,15 +284,15 @@ VAE_FUSED_HD void recon_value_and_grad(V p, V t, V& loss, V& d_input, V& d_targe
 // -max(log(t ? p : 1 - p), -100), the same value bce_value_and_grad gives
 // (its other product is an exact zero). Gives the log-likelihood
 // max(log(...), -100), the loss negated (exactly), which a sum can subtract
-// instead of paying a negation. `t_is_zero` is the comparison t != 1 (in a
-// binary block, t == 0): the mask that keeps log1m's correction is then the
-// comparison itself, not its negation.
+// instead of paying a negation. `t_not_one` is the comparison t != 1 (in a
+// binary block, the lanes where t == 0): the mask that keeps log1m's
+// correction is then the comparison itself, not its negation.
 template <typename V, typename M>
-VAE_FUSED_HD void bce_binary_target_log_likelihood_and_grad(V p, V t, M t_is_zero, V& log_likelihood,
+VAE_FUSED_HD void bce_binary_target_log_likelihood_and_grad(V p, V t, M t_not_one, V& log_likelihood,
                                                            V& d_input) {
   const V u = V(1) - p;
-  const V correction = vkeep_if(t_is_zero, log1m_correction(p, u));
-  log_likelihood = vmax(vlog_unit_interval(vselect(t_is_zero, u, p)) + correction, V(kLogClamp));
+  const V correction = vkeep_if(t_not_one, log1m_correction(p, u));
+  log_likelihood = vmax(vlog_unit_interval(vselect(t_not_one, u, p)) + correction, V(kLogClamp));
   d_input = vdiv(p - t, vmax(u * p, V(kBceGradEps)));
 }
 

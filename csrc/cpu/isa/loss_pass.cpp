@@ -158,8 +158,8 @@ struct ReconRule {
   // value comes negated (kBinaryValueNegated): the pass subtracts it.
   static constexpr bool kBinaryValueNegated = !kWithExtras;
   template <typename S, typename V, typename M>
-  static void apply_binary(V a, V b, M b_is_zero, const Extras<V>& e, V& value, V& d_a, V* d_extra) {
-    bce_binary_target_log_likelihood_and_grad(a, b, b_is_zero, value, d_a);
+  static void apply_binary(V a, V b, M b_not_one, const Extras<V>& e, V& value, V& d_a, V* d_extra) {
+    bce_binary_target_log_likelihood_and_grad(a, b, b_not_one, value, d_a);
     if constexpr (kWithExtras) {
       value = V(0) - value;
       V unused(0);
@@ -288,19 +288,31 @@ inline __mmask16 lanes_not_one(const Vectorized<float>& v) {
 template <typename Vec>
 using LaneMask = decltype(lanes_not_one(std::declval<Vec>()));
 
-// True when every lane of a block is exactly 0 or 1; then also gives the
-// block's lanes_not_one masks. Checked on every block of a BCE pass without a
-// target gradient. Generic form: t - t*t (one rounding) is +-0 where t is 0
-// or 1 and nonzero everywhere else (t in (0, 1) gives t > t*t, a value
-// outside [0, 1] or NaN a nonzero or NaN), so the block is binary when the
-// bits of both, sign aside, OR to zero -- 2 operations a vector where the
-// comparisons took 5 (AVX2); the masks are formed only for a binary block.
+// True when every lane of a block is exactly 0 or 1. Generic form: t - t*t
+// (one rounding) is +-0 where t is 0 or 1 and nonzero everywhere else (t in
+// (0, 1) gives t > t*t, a value outside [0, 1] or NaN a nonzero or NaN), so
+// the block is binary when the bits of both, sign aside, OR to zero -- 2
+// operations a vector where the comparisons took 5 (AVX2).
 template <typename Vec>
-bool all_binary(const Vec& lo, const Vec& hi, LaneMask<Vec>& not_one_lo, LaneMask<Vec>& not_one_hi) {
+bool lanes_all_binary(const Vec& lo, const Vec& hi) {
   const Vec r_lo = at::vec::fmadd(Vec(0) - lo, lo, lo);
   const Vec r_hi = at::vec::fmadd(Vec(0) - hi, hi, hi);
   const Vec zero_lo = r_lo == Vec(0), zero_hi = r_hi == Vec(0);
-  if ((zero_lo & zero_hi).zero_mask() != 0) return false;  // a false lane is all-zero bits
+  return (zero_lo & zero_hi).zero_mask() == 0;  // a false lane is all-zero bits
+}
+#if defined(CPU_CAPABILITY_AVX2)
+inline bool lanes_all_binary(const Vectorized<float>& lo, const Vectorized<float>& hi) {
+  const __m256 r = _mm256_or_ps(_mm256_fnmadd_ps(lo, lo, lo), _mm256_fnmadd_ps(hi, hi, hi));
+  return _mm256_testz_si256(_mm256_castps_si256(r), _mm256_set1_epi32(0x7fffffff)) != 0;
+}
+#endif
+
+// The block test of a BCE pass without a target gradient (every block): true
+// when every lane is exactly 0 or 1, and then also the block's lanes_not_one
+// masks, formed only for a binary block.
+template <typename Vec>
+bool all_binary(const Vec& lo, const Vec& hi, LaneMask<Vec>& not_one_lo, LaneMask<Vec>& not_one_hi) {
+  if (!lanes_all_binary(lo, hi)) return false;
   not_one_lo = lanes_not_one(lo);
   not_one_hi = lanes_not_one(hi);
   return true;
@@ -317,15 +329,6 @@ inline bool all_binary(const Vectorized<float>& lo, const Vectorized<float>& hi,
   const __mmask16 other_lo = _mm512_mask_cmp_ps_mask(not_one_lo, lo, zero, _CMP_NEQ_UQ);
   const __mmask16 other_hi = _mm512_mask_cmp_ps_mask(not_one_hi, hi, zero, _CMP_NEQ_UQ);
   return _kortestz_mask16_u8(other_lo, other_hi) != 0;
-}
-#elif defined(CPU_CAPABILITY_AVX2)
-inline bool all_binary(const Vectorized<float>& lo, const Vectorized<float>& hi, Vectorized<float>& not_one_lo,
-                       Vectorized<float>& not_one_hi) {
-  const __m256 r = _mm256_or_ps(_mm256_fnmadd_ps(lo, lo, lo), _mm256_fnmadd_ps(hi, hi, hi));
-  if (_mm256_testz_si256(_mm256_castps_si256(r), _mm256_set1_epi32(0x7fffffff)) == 0) return false;
-  not_one_lo = lanes_not_one(lo);
-  not_one_hi = lanes_not_one(hi);
-  return true;
 }
 #endif
 
