@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import re
+import statistics
 
 
 def fmt_ms(v):
@@ -23,6 +24,16 @@ def fmt_delta(v):
 
 def fmt_x(v, digits=1):
     return "—" if v is None else f"{v:.{digits}f}×"
+
+
+def median_and_range(ratios):
+    """(median, lowest, highest) of alternated rounds' ratios; None without rounds."""
+    ratios = sorted(ratios)
+    return (statistics.median(ratios), ratios[0], ratios[-1]) if ratios else None
+
+
+def fmt_range(lowest, highest, digits=2):
+    return f"{fmt_x(lowest, digits)}–{fmt_x(highest, digits)}"
 
 
 def fmt(v, spec="{:.1f}"):

@@ -2,10 +2,9 @@
 end-to-end training step, torch.compile's warm-up, memory and page faults."""
 from __future__ import annotations
 
-import statistics
 
 from benchmarks import cases
-from benchmarks.report.fmt import fmt, fmt_bytes, fmt_ms, fmt_us, fmt_x
+from benchmarks.report.fmt import fmt, fmt_bytes, fmt_ms, fmt_range, fmt_us, fmt_x, median_and_range
 from benchmarks.report.rows import BUSY, Results, ratio
 from benchmarks.report.tables import busy_mark
 
@@ -20,10 +19,11 @@ HOST_NOTE = (f"{cases.HOST.name} (float32, BCE): a batch this small measures wha
 
 def _alternated(ratios) -> str:
     """'median (lowest–highest)' of the alternated rounds' ratios, '—' without rounds."""
-    ratios = sorted(ratios)
-    if not ratios:
+    summary = median_and_range(ratios)
+    if summary is None:
         return "—"
-    return f"{fmt_x(statistics.median(ratios), 2)} ({fmt_x(ratios[0], 2)}–{fmt_x(ratios[-1], 2)})"
+    median, lowest, highest = summary
+    return f"{fmt_x(median, 2)} ({fmt_range(lowest, highest)})"
 
 
 def host_body(res: Results):

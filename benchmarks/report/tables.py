@@ -3,10 +3,8 @@ marks on them (busy machine, suspect compiled baseline), the issue's targets
 and the errors."""
 from __future__ import annotations
 
-import statistics
-
 from benchmarks import cases
-from benchmarks.report.fmt import fmt, fmt_ms, fmt_x
+from benchmarks.report.fmt import fmt, fmt_ms, fmt_range, fmt_x, median_and_range
 from benchmarks.report.rows import BUSY, Results, ratio
 
 TABLE_HEAD = ["shape", "dtype", "pass", "recon", "eager ms", "compiled ms", "fused ms", "floor ms",
@@ -123,9 +121,8 @@ def _figure(res: Results, key, figure):
     alternated = figure == "vs_continuous" or (figure == "vs_eager" and key[3] == cases.HOST.name)
     paired = res.paired_ratios(key) if alternated else []
     if paired:
-        faster = sorted(1 / r for r in paired)
-        return (statistics.median(faster),
-                f" (median of {len(faster)} alternated rounds, {fmt_x(faster[0], 2)}–{fmt_x(faster[-1], 2)})")
+        median, lowest, highest = median_and_range(1 / r for r in paired)
+        return median, f" (median of {len(paired)} alternated rounds, {fmt_range(lowest, highest)})"
     if figure == "vs_continuous":
         twin = key[:3] + (cases.BINARY_OF[key[3]],)
         return ratio(res.ms(twin, "bce", "fused"), res.ms(key, "bce", "fused")), ""
